@@ -1,0 +1,33 @@
+# make demo: set up .venv from nothing, then run the main job on the built-in synthetic data.
+# make test: set up .venv (with test extras) if needed, then run the test suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+# Tokenizers and OpenMP: one thread pool per process, sized to the machine.
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test venv mlproject clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}: make PYTHON=/path/to/python3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/mlflow run . -e finetune --env-manager local --experiment-name lesion-demo
+	@echo "Open the results: $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
+
+test: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+mlproject: $(STAMP)
+	$(BIN)/python -m lesion.mlproject > MLproject
+
+clean:
+	rm -rf $(VENV) outputs mlruns mlartifacts mlflow.db optuna.db .pytest_cache

@@ -1,0 +1,96 @@
+"""Training images/s of the full engine vs a bare loop of the same model on in-memory tensors.
+
+The engine run includes everything a user gets: data from the preprocessing
+cache, augmentation, Accelerate, per-epoch checkpointing and MLflow logging
+(its validation pass is excluded by timing only the training epochs).
+
+    python benchmarks/train_throughput.py [--data ../shared/data/isic2017-sample] [--size 256] [--batch 8] [--steps 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+from benchmarks.common import SAMPLE, machine
+from lesion.config import ModelConfig, from_flat, FinetuneConfig
+from lesion.data.datasets import SegmentationDataset
+from lesion.data.prepare import prepare_data
+from lesion.data.splits import select
+from lesion.models import build_model
+from lesion.tracking import Tracker
+from lesion.train import engine
+from lesion.train.losses import segmentation_loss
+
+
+def bare_loop(size: int, batch: int, steps: int) -> float:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig()).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, 3, size, size), (torch.rand(batch, 1, size, size) > 0.5).float()
+    valid = torch.ones_like(y)
+    model(x)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = segmentation_loss("bce+dice", model(x), y, valid)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def engine_loop(data: str, size: int, batch: int, steps: int, tmp: str) -> float:
+    cfg = from_flat(FinetuneConfig, {"data": data, "image_size": size, "batch_size": batch, "epochs": 2,
+                                     "cache_dir": os.path.join(tmp, "cache"), "picture_every": 0})
+    prepared = prepare_data(cfg.data, 0, tmp)
+    train_rows = select(prepared.rows, "train", labelled=True)[: steps * batch]
+    train = SegmentationDataset(train_rows, prepared.cache, cfg.noise, train=True)
+    val = SegmentationDataset(select(prepared.rows, "val", labelled=True)[:1], prepared.cache)
+    accelerator = engine.make_accelerator(cfg.train)
+    tracker = Tracker()
+    epoch_times: list[float] = []
+    real_evaluate = engine.evaluate
+
+    def timed_evaluate(*args, **kwargs):  # the clock stops for validation, which is not training throughput
+        epoch_times.append(time.perf_counter())
+        result = real_evaluate(*args, **kwargs)
+        epoch_times.append(time.perf_counter())
+        return result
+
+    engine.evaluate = timed_evaluate
+    with tracker.run("benchmark", experiment="lesion-benchmarks", params={"size": size, "batch": batch}):
+        start = time.perf_counter()
+        engine.fit(build_model(cfg.model), train, val, prepared.cache, cfg.train, accelerator, tracker,
+                   os.path.join(tmp, "work"), size)
+    engine.evaluate = real_evaluate
+    # epoch 1 = start..first eval; epoch 2 = end of first eval (+ checkpoint, logging)..second eval
+    train_time = (epoch_times[0] - start) + (epoch_times[2] - epoch_times[1])
+    return 2 * len(train_rows) / train_time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SAMPLE))
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=24, help="training steps per epoch")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
+        engine_rate = engine_loop(args.data, args.size, args.batch, args.steps, tmp)
+        bare_rate = bare_loop(args.size, args.batch, args.steps)
+    print(f"machine: {machine()}")
+    print(f"U-Net resnet18, {args.size} px, batch {args.batch}, {args.steps} steps per epoch, 2 epochs")
+    print("| loop | train images/s |")
+    print("|---|---|")
+    print(f"| bare (in-memory tensors) | {bare_rate:.2f} |")
+    print(f"| lesion engine (cache, augmentation, Accelerate, checkpoints, MLflow) | {engine_rate:.2f} |")
+    print(f"| ratio | {engine_rate / bare_rate:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

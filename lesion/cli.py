@@ -1,0 +1,113 @@
+"""The `lesion` command: every user action, with the same parameter names as the MLproject.
+
+    lesion data inspect ../data/isic2017
+    lesion finetune --data synthetic --epochs 3
+    lesion launch finetune --num_processes 2 -- --epochs 3     # through accelerate launch
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from lesion import config as C
+from lesion.errors import LesionError
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    config: type
+    target: str  # "module:function" taking the config
+    help: str
+
+    def function(self) -> Callable[[Any], Any]:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+ENTRY_POINTS: dict[str, EntryPoint] = {
+    "finetune": EntryPoint(C.FinetuneConfig, "lesion.train.finetune:run_finetune",
+                           "Train a segmenter on the labelled images (random, ImageNet or SSL encoder init)."),
+    "evaluate": EntryPoint(C.EvaluateConfig, "lesion.evaluate:run_evaluate",
+                           "Score a model on a split with ISIC metrics and write ISIC-format masks."),
+    "predict": EntryPoint(C.PredictConfig, "lesion.predict:run_predict",
+                          "Write masks and overlays for an image or a folder of images."),
+}
+
+
+def register_entry_point(name: str, entry: EntryPoint) -> None:
+    ENTRY_POINTS[name] = entry
+
+
+def entry_parser(name: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    entry = ENTRY_POINTS[name]
+    parser = parser or argparse.ArgumentParser(prog=f"lesion {name}", description=entry.help,
+                                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    C.add_arguments(parser, entry.config)
+    return parser
+
+
+def run_entry_point(name: str, argv: list[str] | None = None) -> int:
+    """Parse argv into the entry point's config and run it; user errors are one line, exit 2."""
+    args = entry_parser(name).parse_args(argv)
+    try:
+        cfg = C.from_args(ENTRY_POINTS[name].config, args)
+        ENTRY_POINTS[name].function()(cfg)
+    except LesionError as err:
+        print(f"lesion {name}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _data_inspect(args: argparse.Namespace) -> int:
+    from lesion.data.inspect import inspect_data
+
+    try:
+        report = inspect_data(args.data, args.unlabeled, cache_dir=args.cache_dir or None,
+                              max_pixels=args.max_pixels, skip_bad=args.skip_bad)
+    except LesionError as err:
+        print(f"lesion data inspect: error: {err}", file=sys.stderr)
+        return 2
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lesion import entry_points  # noqa: F401  (registers the later stages)
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="lesion", description="Label-efficient skin-lesion segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data = sub.add_parser("data", help="Inspect data sources.").add_subparsers(dest="data_command", required=True)
+    inspect = data.add_parser("inspect", help="Counts, sizes, lesion areas and every problem found; exit 1 if unusable.")
+    inspect.add_argument("data", help="Data source (synthetic, a folder, or FORMAT:PATH).")
+    inspect.add_argument("--unlabeled", default="", help="Extra unlabelled image folders, comma-separated.")
+    inspect.add_argument("--cache_dir", default="", help="Cache folder (synthetic data is written there).")
+    inspect.add_argument("--max_pixels", type=int, default=C.DataConfig().max_pixels, help="Pixel limit per image.")
+    inspect.add_argument("--skip_bad", action="store_true", help="Report bad files as skipped; usable if any remain.")
+    launch = sub.add_parser("launch", help="Run an entry point through `accelerate launch` (multi-process/GPU).")
+    launch.add_argument("entry", choices=sorted(ENTRY_POINTS))
+    launch.add_argument("--num_processes", type=int, default=1,
+                        help="Processes (GPUs); 0 uses your `accelerate config` as it is.")
+    launch.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the entry point's parameters")
+    for name, entry in ENTRY_POINTS.items():
+        entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help,
+                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+    if argv and argv[0] in ENTRY_POINTS:
+        return run_entry_point(argv[0], argv[1:])
+    args = parser.parse_args(argv)
+    if args.command == "data":
+        return _data_inspect(args)
+    if args.command == "launch":
+        from lesion.launch import launch as do_launch
+
+        rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+        return do_launch(args.entry, args.num_processes, rest)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

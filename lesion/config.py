@@ -1,0 +1,323 @@
+"""Typed configuration: the single source of every default.
+
+Each entry point's config is a dataclass made of groups (data, model, train,
+noise, ...). Every leaf field has a globally unique name, so the same flat
+`name=value` parameters work on the CLI (`--epochs 3`), in the MLproject
+(`-P epochs=3`), in Optuna trials and in MLflow params. The MLproject file is
+generated from these classes (`python -m lesion.mlproject`), and a test keeps
+the two in sync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from lesion.errors import ConfigError
+
+
+def param(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its help text (shown by --help and in the MLproject)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+# --------------------------------------------------------------------------- groups
+
+
+@dataclass
+class DataConfig:
+    data: str = param(
+        "synthetic",
+        "Data source: 'synthetic[:n=..,size=..,seed=..]', a folder whose layout is detected "
+        "(ISIC 2016/2017/2018, PH2, images/+masks/), or FORMAT:PATH with FORMAT one of "
+        "isic, ph2, folder.",
+    )
+    unlabeled: str = param("", "Extra unlabelled image folders, comma-separated (for SSL and pseudo-labels).")
+    label_fraction: float = param(1.0, "Fraction of the training split that keeps its masks (seeded).")
+    labels: int = param(0, "Keep masks for exactly this many training images (overrides label_fraction when > 0).")
+    image_size: int = param(0, "Working resolution (square, multiple of 32); 0: 256 for real data, the synthetic set's own size.")
+    val_fraction: float = param(0.2, "Validation share of a seeded split, used when the source has no official one.")
+    test_fraction: float = param(0.0, "Test share of a seeded split, used when the source has no official one.")
+    cache_dir: str = param("", "Preprocessing cache folder (default: $LESION_CACHE_DIR or ~/.cache/lesion).")
+    max_pixels: int = param(150_000_000, "Refuse images above this many pixels (decompression-bomb guard).")
+    skip_bad: bool = param(False, "Skip unusable files (counted and logged) instead of stopping with an error.")
+    num_workers: int = param(-1, "DataLoader workers (-1: 0 on CPU, up to 8 on GPU).")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = param("unet", "Architecture.", ("unet", "pspnet", "deeplabv3", "deeplabv3plus"))
+    encoder: str = param("resnet18", "timm encoder name (resnet18 on CPU; resnet34/resnet50 on GPU).")
+    encoder_init: str = param(
+        "random",
+        "Encoder start: random, imagenet (downloads), an SSL encoder (models:/lesion-encoder/latest, "
+        "runs:/..., or a folder), or a fine-tuned lesion-segmenter to continue from.",
+    )
+    dropout: float = param(0.0, "Channel dropout before the segmentation head (student noise).")
+    drop_path: float = param(0.0, "Stochastic depth rate in the encoder (student noise).")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = param(8, "Training epochs.")
+    batch_size: int = param(8, "Batch size per process.")
+    lr: float = param(1e-3, "Peak learning rate.")
+    weight_decay: float = param(1e-4, "Weight decay.")
+    optimizer: str = param("adamw", "Optimizer.", ("adamw", "sgd"))
+    schedule: str = param("cosine", "Learning-rate schedule after warm-up.", ("cosine", "poly", "constant"))
+    warmup_epochs: float = param(1.0, "Linear warm-up length in epochs.")
+    grad_accum: int = param(1, "Gradient accumulation steps.")
+    mixed_precision: str = param("auto", "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16.", ("auto", "no", "bf16", "fp16"))
+    loss: str = param("bce+dice", "Segmentation loss.", ("bce+dice", "bce", "dice"))
+    patience: int = param(0, "Early stopping after this many epochs without a better val/jaccard (0: off).")
+    picture_every: int = param(2, "Log an overlay grid of fixed validation images every N epochs (0: only at the end).")
+    max_steps: int = param(0, "Stop after this many optimizer steps (0: no limit; for smoke tests and benchmarks).")
+
+
+@dataclass
+class NoiseConfig:
+    """Augmentation policy. noise=0 is the plain policy (flips and mild scale);
+    noise>0 is the strong student policy, each knob being that transform's
+    probability at noise=1 (magnitudes grow with noise as well)."""
+
+    noise: float = param(0.0, "Strength of the student noise policy (0: plain augmentation, 1: strong).")
+    color_jitter: float = param(0.8, "Colour jitter (brightness, contrast, saturation, hue).")
+    blur_noise: float = param(0.3, "Gaussian blur or Gaussian noise.")
+    distortion: float = param(0.3, "Elastic / grid / optical distortion.")
+    coarse_dropout: float = param(0.5, "Coarse dropout (cut-out) of image patches.")
+    flip_rot90: float = param(1.0, "Flips and 90-degree rotations.")
+    shift_scale_rotate: float = param(0.7, "Affine shift, scale and rotation.")
+
+
+@dataclass
+class RunConfig:
+    run_name: str = param("", "MLflow run name; re-running the same name resumes an unfinished run.")
+    experiment: str = param("", "MLflow experiment (default: one per entry point).")
+    output_dir: str = param("outputs", "Local folder for checkpoints, manifests and predictions.")
+    seed: int = param(0, "Seed for splits, initialisation, shuffling and augmentation.")
+    register: bool = param(True, "Register the best model in the MLflow model registry.")
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+@dataclass
+class FinetuneConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
+    data: str = param("synthetic", "Data source (same syntax as finetune).")
+    split: str = param("val", "Split to score: train, val, test or all.", ("train", "val", "test", "all"))
+    image_size: int = param(0, "Inference resolution (0: the model's training resolution).")
+    batch_size: int = param(8, "Inference batch size.")
+    tta: bool = param(False, "Average predictions over horizontal/vertical flips.")
+    out: str = param("", "Folder for ISIC-format masks <id>_segmentation.png (default: output_dir/evaluate/<run>).")
+    cache_dir: str = param("", "Preprocessing cache folder.")
+    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.")
+    skip_bad: bool = param(False, "Skip unusable files instead of stopping.")
+    val_fraction: float = param(0.2, "Validation share of a seeded split (must match training to score the same images).")
+    test_fraction: float = param(0.0, "Test share of a seeded split.")
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class PredictConfig:
+    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
+    input: str = param("", "An image file or a folder of images.")
+    out: str = param("predictions", "Output folder for <id>_segmentation.png masks and <id>_overlay.png pictures.")
+    image_size: int = param(0, "Inference resolution (0: the model's training resolution).")
+    batch_size: int = param(8, "Inference batch size.")
+    tta: bool = param(False, "Average predictions over flips.")
+    threshold: float = param(0.5, "Probability threshold for the binary mask.")
+    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.")
+    skip_bad: bool = param(False, "Skip unreadable images (counted) instead of stopping.")
+
+
+@dataclass
+class SSLConfig:
+    """Jigsaw-invariant auto-encoder (JIANet idea) on the fine-tuning encoder."""
+
+    encoder: str = param("resnet18", "timm encoder to pretrain (fine-tune later with the same encoder).")
+    grid: int = param(3, "Puzzle grid size (grid x grid tiles); image_size must be divisible by it.")
+    tile_jitter: float = param(0.1, "Random crop jitter of each tile, as a fraction of the tile size.")
+    tile_color_jitter: float = param(0.4, "Colour jitter strength applied per tile.")
+    reconstruction_weight: float = param(1.0, "Weight of reconstructing the image from its shuffled puzzle.")
+    invariance_weight: float = param(1.0, "Weight of the InfoNCE term between image and puzzle embeddings.")
+    temperature: float = param(0.1, "InfoNCE temperature.")
+    queue_size: int = param(0, "Memory queue of negative embeddings (0: in-batch negatives only).")
+    projection_dim: int = param(128, "Embedding size of the projection head.")
+
+
+def _pretrain_train() -> TrainConfig:
+    return TrainConfig(epochs=10, lr=1e-3, warmup_epochs=1.0, picture_every=2)
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    train: TrainConfig = field(default_factory=_pretrain_train)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class PseudoConfig:
+    """Noisy Student: how pseudo-labels are made, filtered and mixed in."""
+
+    iterations: int = param(2, "Self-training rounds: 2 gives teacher -> student -> student* (as in the paper).")
+    threshold: float = param(0.8, "Pixel confidence max(p, 1-p) below which a pseudo-label pixel is ignored by the loss.")
+    min_confidence: float = param(0.85, "Drop pseudo-labelled images whose mean pixel confidence is below this.")
+    min_area: float = param(0.005, "Drop pseudo-labels whose lesion covers less than this fraction of the image.")
+    pseudo_ratio: float = param(1.0, "Pseudo-labelled images drawn per labelled image when sampling batches.")
+    tta: bool = param(True, "Average teacher predictions over flips when pseudo-labelling.")
+    student_dropout: float = param(0.2, "Student channel dropout (noise).")
+    student_drop_path: float = param(0.1, "Student stochastic depth (noise).")
+    student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).")
+    params: str = param("", "JSON of tuned parameters (tune's best_params.json, a path or runs:/ URI) applied on top.")
+
+
+def _student_noise() -> NoiseConfig:
+    return NoiseConfig(noise=1.0)
+
+
+@dataclass
+class SelftrainConfig:
+    data: DataConfig = field(default_factory=lambda: DataConfig(label_fraction=0.25))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    noise: NoiseConfig = field(default_factory=_student_noise)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# --------------------------------------------------------------------------- flat view
+
+
+def _group_type(cls: type, f: dataclasses.Field) -> type | None:
+    """The dataclass type of a group field, None for a leaf."""
+    typ = typing.get_type_hints(cls)[f.name]
+    return typ if dataclasses.is_dataclass(typ) else None
+
+
+def _leaf_type(cls: type, name: str) -> type:
+    return typing.get_type_hints(cls)[name]
+
+
+def _group_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def flat_fields(cls: type, instance: Any = None) -> list[tuple[str, type, Any, str, tuple[str, ...] | None]]:
+    """(name, type, default, help, choices) of every leaf, in declaration order."""
+    instance = instance if instance is not None else cls()
+    out = []
+    for f in dataclasses.fields(cls):
+        group = _group_type(cls, f)
+        if group is not None:
+            out.extend(flat_fields(group, getattr(instance, f.name)))
+        else:
+            out.append((f.name, _leaf_type(cls, f.name), getattr(instance, f.name), f.metadata.get("help", ""),
+                        f.metadata.get("choices")))
+    names = [o[0] for o in out]
+    dupes = {n for n in names if names.count(n) > 1}
+    assert not dupes, f"config field names must be unique across groups: {dupes}"
+    return out
+
+
+def to_flat(cfg: Any) -> dict[str, Any]:
+    """Nested config -> {leaf name: value}."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(to_flat(value))
+        else:
+            out[f.name] = value
+    return out
+
+
+def parse_value(name: str, typ: type, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        if typ is int and isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        return typ(raw)
+    try:
+        if typ is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if typ is int and raw.strip().endswith(".0"):  # MLflow passes float-typed params as "3.0"
+            raw = raw.strip()[:-2]
+        return typ(raw)
+    except ValueError:
+        raise ConfigError(f"parameter {name}={raw!r} is not a valid {typ.__name__}; fix the value and run again") from None
+
+
+def from_flat(cls: type, values: dict[str, Any], strict: bool = True) -> Any:
+    """Build a nested config from flat values (strings are parsed); unknown names are errors."""
+    known = {n: (t, c) for n, t, _, _, c in flat_fields(cls)}
+    unknown = set(values) - set(known)
+    if strict and unknown:
+        raise ConfigError(
+            f"unknown parameter(s) {sorted(unknown)} for {cls.__name__}; see --help for the parameter names"
+        )
+
+    def build(c: type, base: Any) -> Any:
+        changes = {}
+        for f in dataclasses.fields(c):
+            group = _group_type(c, f)
+            if group is not None:
+                changes[f.name] = build(group, getattr(base, f.name))
+            elif f.name in values:
+                typ, choices = known[f.name]
+                value = parse_value(f.name, typ, values[f.name])
+                if choices and value not in choices:
+                    raise ConfigError(f"parameter {f.name}={value!r} must be one of {', '.join(choices)}")
+                changes[f.name] = value
+        return dataclasses.replace(base, **changes)
+
+    return build(cls, cls())
+
+
+def replace_flat(cfg: Any, **values: Any) -> Any:
+    """A copy of cfg with some leaves changed by flat name."""
+    flat = to_flat(cfg)
+    flat.update(values)
+    return from_flat(type(cfg), flat)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """--name options for every leaf of cls, with the dataclass default and help."""
+    for name, typ, default, help_text, choices in flat_fields(cls):
+        shown = f"{help_text} (default: {default!r})"
+        kind = str if typ is bool else typ
+        parser.add_argument(f"--{name}", type=kind, default=None, help=shown, choices=None if typ is bool else choices,
+                            metavar=typ.__name__.upper() if not choices else None)
+
+
+def from_args(cls: type, args: argparse.Namespace) -> Any:
+    given = {n: getattr(args, n) for n, *_ in flat_fields(cls) if getattr(args, n, None) is not None}
+    return from_flat(cls, given)
+
+
+def load_params_file(path: str) -> dict[str, Any]:
+    """Flat parameters from a JSON file (tune's best_params.json)."""
+    with open(path) as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object of parameter names to values")
+    return data.get("params", data)

@@ -1,0 +1,1 @@
+"""Data: sources, validation, splits and manifests, the preprocessing cache, transforms, datasets."""

@@ -1,0 +1,152 @@
+"""Weights on disk: safetensors plus a readable JSON that says what they are.
+
+A segmenter folder holds `model.safetensors` + `model.json` (architecture,
+encoder, working image size); an SSL encoder folder holds
+`encoder.safetensors` + `encoder.json`. Nothing is ever unpickled. Every
+load is checked against the builder's tensor names and shapes, and a
+mismatch says what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from lesion.config import ModelConfig
+from lesion.errors import ConfigError
+from lesion.models.registry import LesionSegmenter, build_model, timm_encoder_name
+
+MODEL_WEIGHTS, MODEL_META = "model.safetensors", "model.json"
+ENCODER_WEIGHTS, ENCODER_META = "encoder.safetensors", "encoder.json"
+URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_model(model: LesionSegmenter, folder: str | Path, image_size: int, **extra: Any) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name, then renamed: a crash never leaves torn weights.
+    tmp = folder / f".{MODEL_WEIGHTS}.tmp"
+    save_file(_state(model), str(tmp), metadata={"format": "lesion-segmenter"})
+    os.replace(tmp, folder / MODEL_WEIGHTS)
+    meta = {"kind": "lesion-segmenter", "image_size": image_size, **asdict(model.config), **extra}
+    meta["encoder"] = timm_encoder_name(model.config.encoder)
+    _write_json(folder / MODEL_META, meta)
+    return folder
+
+
+def save_encoder(encoder: nn.Module, encoder_name: str, folder: str | Path, **extra: Any) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(_state(encoder), str(folder / ENCODER_WEIGHTS), metadata={"format": "lesion-encoder"})
+    _write_json(folder / ENCODER_META, {"kind": "lesion-encoder", "encoder": timm_encoder_name(encoder_name), **extra})
+    return folder
+
+
+def resolve_artifact_dir(source: str) -> Path:
+    """A local folder for a model URI (models:/name@alias, runs:/id/path, ...) or a path."""
+    if source.startswith(URI_SCHEMES):
+        import mlflow
+
+        from lesion.tracking import configure_tracking
+
+        configure_tracking()
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tempfile.mkdtemp(prefix="lesion-")))
+        except Exception as err:  # MLflow raises many types; the user needs one line
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"cannot load {source}: {first}; check the name/alias with `mlflow ui` or pass a local folder") from None
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"{source}: no such model folder or URI; pass models:/NAME@ALIAS, runs:/RUN_ID/PATH or a folder")
+    return path
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    if (folder / name).is_file():
+        return folder / name
+    found = sorted(folder.rglob(name))
+    return found[0] if found else None
+
+
+def find_weights(folder: Path) -> tuple[str, Path, dict[str, Any]]:
+    """('segmenter' | 'encoder', weights path, meta) found in folder (searching pyfunc sub-folders)."""
+    for kind, weights, meta in (("segmenter", MODEL_WEIGHTS, MODEL_META), ("encoder", ENCODER_WEIGHTS, ENCODER_META)):
+        w = _find(folder, weights)
+        if w is not None:
+            meta_path = w.parent / meta
+            if not meta_path.is_file():
+                raise ConfigError(f"{w}: weights without {meta}; save models with lesion (save_model/save_encoder)")
+            return kind, w, json.loads(meta_path.read_text())
+    raise ConfigError(f"{folder}: no {MODEL_WEIGHTS} or {ENCODER_WEIGHTS} found; pass a lesion model or encoder")
+
+
+def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str, allow_extra: bool = False) -> list[str]:
+    """Copy state into module after checking names and shapes; returns ignored extra names."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    extra = [k for k in state if k not in expected]
+    if missing or wrong or (extra and not allow_extra):
+        detail = (f"missing {missing[:3]}" if missing else "") + (f" shape mismatch {wrong[:3]}" if wrong else "") \
+            + (f" unexpected {extra[:3]}" if extra and not allow_extra else "")
+        raise ConfigError(f"{source}: weights do not fit the model ({detail.strip()}); "
+                          "build the model with the arch/encoder these weights were trained with")
+    module.load_state_dict({k: state[k] for k in expected}, strict=True)
+    return extra
+
+
+def init_encoder(model: LesionSegmenter, encoder_init: str) -> dict[str, Any]:
+    """Initialise model in place from encoder_init (not random/imagenet); returns what was loaded."""
+    folder = resolve_artifact_dir(encoder_init)
+    kind, weights, meta = find_weights(folder)
+    wanted = timm_encoder_name(model.config.encoder)
+    if meta.get("encoder") != wanted:
+        raise ConfigError(
+            f"{encoder_init} holds a {meta.get('encoder')} encoder but this model uses {wanted}; "
+            f"pass encoder={str(meta.get('encoder', '')).removeprefix('tu-')} or another encoder_init"
+        )
+    state = load_file(str(weights))
+    if kind == "segmenter" and meta.get("arch") == model.config.arch:
+        load_checked(model, state, encoder_init)
+        return {"loaded": "segmenter", "tensors": len(state), "source": encoder_init}
+    if kind == "segmenter":
+        state = {k.removeprefix("net.encoder."): v for k, v in state.items() if k.startswith("net.encoder.")}
+    # Shallower encoders (PSPNet uses 3 stages) take the subset they have.
+    extra = load_checked(model.encoder, state, encoder_init, allow_extra=True)
+    return {"loaded": "encoder", "tensors": len(state) - len(extra), "ignored": len(extra), "source": encoder_init}
+
+
+def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
+    names = {f.name for f in fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in meta.items() if k in names})
+
+
+def load_model(source: str, map_location: str = "cpu") -> tuple[LesionSegmenter, dict[str, Any]]:
+    """A segmenter and its meta from a URI or folder; dropout/drop_path are off for inference."""
+    folder = resolve_artifact_dir(source)
+    kind, weights, meta = find_weights(folder)
+    if kind != "segmenter":
+        raise ConfigError(f"{source} is an SSL encoder, not a segmenter; fine-tune it first (encoder_init={source})")
+    config = model_config_from_meta(meta)
+    config.dropout, config.drop_path = 0.0, 0.0
+    model = build_model(config)
+    load_checked(model, load_file(str(weights), device=map_location), source)
+    model.eval()
+    return model, meta

@@ -1,0 +1,101 @@
+"""The MLflow pyfunc flavour of a segmenter: images in, masks out.
+
+Input: a DataFrame with an `image` column of encoded PNG/JPEG bytes (MLflow's
+JSON formats carry them as base64). Output: one row per image with the mask
+as a base64 PNG at the image's original size, its height and width, and the
+lesion fraction; `return_probabilities=True` adds the probability map
+(base64 PNG, 0..255).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from importlib import metadata
+
+import mlflow
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 150_000_000
+
+
+def pyfunc_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema([ColSpec("string", "mask"), ColSpec("long", "height"), ColSpec("long", "width"),
+                        ColSpec("double", "lesion_fraction")]),
+        params=ParamSchema([ParamSpec("threshold", "double", 0.5), ParamSpec("return_probabilities", "boolean", False),
+                            ParamSpec("tta", "boolean", False)]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    names = ["torch", "torchvision", "segmentation-models-pytorch", "timm", "safetensors", "numpy", "pillow",
+             "opencv-python-headless", "albumentations", "pandas", "mlflow", "tqdm"]
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def _bad_input(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    # INVALID_PARAMETER_VALUE makes the scoring server answer 400, not 500.
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def decode_image(data: bytes | str, row: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    if isinstance(data, str):
+        try:
+            data = base64.b64decode(data, validate=True)
+        except ValueError:
+            raise _bad_input(f"row {row}: 'image' is not base64; send base64-encoded PNG or JPEG bytes") from None
+    if not data:
+        raise _bad_input(f"row {row}: 'image' is empty; send base64-encoded PNG or JPEG bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.width * img.height > max_pixels:
+                raise _bad_input(f"row {row}: image is {img.width}x{img.height}, above the {max_pixels}-pixel limit; "
+                                 "send a smaller image")
+            img = ImageOps.exif_transpose(img)
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
+        raise _bad_input(f"row {row}: 'image' is not a readable image ({err}); send PNG or JPEG bytes") from None
+
+
+class LesionPyfunc(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from lesion.models.io import load_model
+
+        self.model, self.meta = load_model(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        from lesion.inference import mask_png, predict_images
+
+        params = params or {}
+        if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns or len(model_input) == 0:
+            raise _bad_input("input must have an 'image' column with at least one base64-encoded PNG or JPEG")
+        images = [decode_image(v, i) for i, v in enumerate(model_input["image"].tolist())]
+        probs = predict_images(self.model, images, int(self.meta["image_size"]), tta=bool(params.get("tta", False)))
+        threshold = float(params.get("threshold", 0.5))
+        rows = []
+        for prob in probs:
+            mask = prob >= threshold
+            row = {"mask": base64.b64encode(mask_png(mask)).decode(), "height": mask.shape[0],
+                   "width": mask.shape[1], "lesion_fraction": float(mask.mean())}
+            if params.get("return_probabilities"):
+                buf = io.BytesIO()
+                Image.fromarray((prob * 255).round().astype(np.uint8), mode="L").save(buf, format="PNG")
+                row["probabilities"] = base64.b64encode(buf.getvalue()).decode()
+            rows.append(row)
+        return pd.DataFrame(rows)

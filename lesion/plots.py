@@ -1,0 +1,89 @@
+"""Pictures people would rather look at than read: overlays, curves, comparisons."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures go to files and MLflow, never to a screen
+
+import cv2
+import matplotlib.pyplot as plt
+import numpy as np
+
+GREEN, RED, YELLOW = (0, 220, 0), (255, 40, 40), (255, 220, 0)
+
+
+def overlay(image: np.ndarray, pred: np.ndarray | None = None, truth: np.ndarray | None = None,
+            alpha: float = 0.35) -> np.ndarray:
+    """uint8 (H, W, 3) with the prediction tinted and contours drawn: truth green, prediction red."""
+    out = image.copy()
+    if pred is not None:
+        tint = out.astype(np.float32)
+        tint[pred.astype(bool)] = (1 - alpha) * tint[pred.astype(bool)] + alpha * np.array(YELLOW, np.float32)
+        out = tint.round().astype(np.uint8)
+    thickness = max(1, image.shape[0] // 128)
+    for mask, colour in ((truth, GREEN), (pred, RED)):
+        if mask is not None:
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(out, contours, -1, colour, thickness)
+    return out
+
+
+def _labelled(tile: np.ndarray, text: str) -> np.ndarray:
+    tile = tile.copy()
+    scale = max(0.35, tile.shape[0] / 400)
+    cv2.putText(tile, text, (4, int(14 * scale / 0.35 * 0.9)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return tile
+
+
+def overlay_grid(images: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray],
+                 titles: list[str] | None = None) -> np.ndarray:
+    """One row per example: image | ground truth | prediction (contours: truth green, prediction red)."""
+    rows = []
+    for i, (image, truth, pred) in enumerate(zip(images, truths, preds)):
+        title = titles[i] if titles else ""
+        rows.append(np.concatenate([
+            _labelled(image, title),
+            _labelled(overlay(image, truth=truth), "truth"),
+            _labelled(overlay(image, pred=pred, truth=truth), "prediction"),
+        ], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def learning_curves(history: list[dict[str, float]], title: str = "") -> plt.Figure:
+    """Training loss and validation metrics per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in sorted({k for h in history for k in h if k.endswith("loss")}):
+        ax_loss.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("loss")
+    ax_loss.legend()
+    for key in ("val/jaccard", "val/dice", "val/threshold_jaccard"):
+        if any(key in h for h in history):
+            ax_val.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
+    ax_val.set_xlabel("epoch")
+    ax_val.set_ylim(0, 1)
+    ax_val.set_title("validation")
+    ax_val.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def stage_comparison(stages: list[str], scores: dict[str, list[float]], title: str = "") -> plt.Figure:
+    """Bar chart of metrics per stage (teacher, student, student*...)."""
+    fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(stages), 3.6))
+    width = 0.8 / max(1, len(scores))
+    x = np.arange(len(stages))
+    for i, (name, values) in enumerate(scores.items()):
+        bars = ax.bar(x + i * width, values, width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set_xticks(x + width * (len(scores) - 1) / 2, stages)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title(title or "validation per stage")
+    fig.tight_layout()
+    return fig

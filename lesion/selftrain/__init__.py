@@ -1,0 +1,1 @@
+"""Noisy Student self-training: stages, pseudo-labelling, the registry gate."""

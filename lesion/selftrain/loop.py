@@ -1,0 +1,247 @@
+"""Noisy Student self-training as a sequence of resumable stages.
+
+    teacher = fit(labelled)
+    for round in 1..iterations:
+        pseudo  = pseudo_label(teacher, unlabelled pool)
+        student = fit(labelled + pseudo, noise on)      # strong augmentation, dropout, stochastic depth
+        teacher = student
+
+One parent MLflow run; each stage (teacher, pseudo1, student1, pseudo2, ...)
+is a nested run tagged with its stage name. A re-run with the same run_name
+finds the finished stages by those tags and skips them, and the stage in
+flight resumes from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from lesion.config import (FinetuneConfig, NoiseConfig, SelftrainConfig, load_params_file, replace_flat, to_flat)
+from lesion.data.datasets import SegmentationDataset
+from lesion.data.prepare import PreparedData, prepare_data
+from lesion.data.splits import Row, select, unlabelled_pool
+from lesion.errors import ConfigError
+from lesion.models.io import load_model, resolve_artifact_dir
+from lesion.selftrain.pseudo import DECISIONS, pseudo_label, read_stats, select_pseudo_labels, mean_valid_fraction
+from lesion.tracking import SEGMENTER, Tracker, finished_stage, set_alias, write_json
+from lesion.train.engine import make_accelerator
+from lesion.train.finetune import fresh_workdir, promote_champion, shared_run_name, train_segmenter
+
+ENTRY = "selftrain"
+STAGE_FILE = "stage.json"
+
+
+def apply_params(cfg: SelftrainConfig) -> SelftrainConfig:
+    """Overlay tuned parameters (a JSON path, or a runs:/ URI of tune's best_params.json)."""
+    if not cfg.pseudo.params:
+        return cfg
+    source = cfg.pseudo.params
+    path = Path(source)
+    if not path.is_file():
+        folder = resolve_artifact_dir(source)
+        path = folder if folder.is_file() else next(iter(sorted(folder.rglob("*.json"))), folder)
+    values = load_params_file(str(path))
+    print(f"[lesion] applying {len(values)} tuned parameter(s) from {source}: {values}")
+    return replace_flat(cfg, **values)
+
+
+def stage_configs(cfg: SelftrainConfig) -> tuple[FinetuneConfig, FinetuneConfig]:
+    """Teacher: plain augmentation, no dropout. Student: the noise policy, dropout, stochastic depth."""
+    teacher = FinetuneConfig(data=cfg.data, model=cfg.model, train=cfg.train, noise=NoiseConfig(noise=0.0), run=cfg.run)
+    student_model = replace(cfg.model, dropout=cfg.pseudo.student_dropout, drop_path=cfg.pseudo.student_drop_path,
+                            encoder=cfg.pseudo.student_encoder or cfg.model.encoder)
+    student = FinetuneConfig(data=cfg.data, model=student_model, train=cfg.train, noise=cfg.noise, run=cfg.run)
+    return teacher, student
+
+
+def sampler_weights(n_labelled: int, n_pseudo: int, pseudo_ratio: float) -> torch.Tensor:
+    """Per-item weights so that batches hold pseudo_ratio pseudo-labelled images per labelled one."""
+    labelled_share = 1.0 / (1.0 + pseudo_ratio)
+    w_l = labelled_share / max(1, n_labelled)
+    w_p = (1 - labelled_share) / max(1, n_pseudo)
+    return torch.tensor([w_l] * n_labelled + [w_p] * n_pseudo, dtype=torch.double)
+
+
+@dataclass
+class StageRecord:
+    name: str
+    outputs: dict[str, Any]
+
+
+class Stages:
+    """Runs each stage once as a nested run; a finished stage is read back instead of re-run."""
+
+    def __init__(self, accelerator: Accelerator, tracker: Tracker, run_name: str, workdir: Path):
+        self.accelerator, self.tracker, self.run_name, self.workdir = accelerator, tracker, run_name, workdir
+        self.parent_run_id = tracker.run_id
+
+    def run(self, name: str, params: dict[str, Any], work) -> dict[str, Any]:
+        stage_file = self.workdir / name / STAGE_FILE
+        done = [None]
+        if self.accelerator.is_main_process:
+            finished = finished_stage(ENTRY, self.run_name, name, self.parent_run_id)
+            if finished is not None and stage_file.is_file():
+                done[0] = json.loads(stage_file.read_text())
+                print(f"[lesion] stage {name}: finished in run {finished.info.run_id}, skipped")
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(done)
+        if done[0] is not None:
+            return done[0]
+        with self.tracker.run(ENTRY, self.run_name, params=params, nested=True, stage=name):
+            if self.accelerator.is_main_process and not self.tracker.resumed and (self.workdir / name).exists():
+                import shutil
+
+                shutil.rmtree(self.workdir / name)  # leftovers of an older run with this name
+            self.accelerator.wait_for_everyone()
+            outputs = work(self.workdir / name)
+            if self.accelerator.is_main_process:
+                outputs["run_id"] = self.tracker.run_id
+                write_json(stage_file, outputs)
+        self.accelerator.wait_for_everyone()
+        return outputs
+
+
+def _train_stage(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker, data: PreparedData, role: str,
+                 round_: int, extra_tags: dict[str, Any], train_rows: list[Row] | None = None,
+                 pseudo: dict[str, str] | None = None, threshold: float = 0.0,
+                 weights: torch.Tensor | None = None):
+    def work(folder: Path) -> dict[str, Any]:
+        tracker.log_artifact(data.manifest, "data")
+        stage = train_segmenter(cfg, accelerator, tracker, folder, role, data, train_rows=train_rows, pseudo=pseudo,
+                                pseudo_threshold=threshold, sampler_weights=weights,
+                                extra_tags={"round": round_, **extra_tags})
+        last = stage.fit.history[-1] if stage.fit.history else {}
+        best = next((h for h in stage.fit.history if h["epoch"] == stage.fit.best_epoch), last)
+        return {"best_dir": str(stage.fit.best_dir), "version": stage.version, "model_uri": stage.model_uri,
+                "val_jaccard": stage.fit.best_score, "val_dice": best.get("val/dice", float("nan")),
+                "val_miou2": best.get("val/miou2", float("nan")), "train_images": len(train_rows or [])}
+    return work
+
+
+def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
+    cfg = apply_params(cfg)
+    if cfg.pseudo.iterations < 1:
+        raise ConfigError(f"iterations={cfg.pseudo.iterations} must be at least 1")
+    accelerator = make_accelerator(cfg.train)
+    main = accelerator.is_main_process
+    tracker = Tracker(enabled=main)
+    run_name = shared_run_name(accelerator, cfg.run.run_name, "selftrain")
+    workdir = Path(cfg.run.output_dir) / "selftrain" / run_name
+    teacher_cfg, student_cfg = stage_configs(cfg)
+    with tracker.run(ENTRY, run_name, cfg.run.experiment, params=to_flat(cfg),
+                     tags={"lesion.num_processes": accelerator.num_processes}):
+        fresh_workdir(accelerator, tracker, workdir)
+        data = prepare_data(cfg.data, cfg.run.seed, workdir, main, accelerator.wait_for_everyone)
+        tracker.log_artifact(data.manifest, "data")
+        tracker.log_params({f"data.{k}": v for k, v in data.summary().items()})
+        labelled = select(data.rows, "train", labelled=True)
+        pool = unlabelled_pool(data.rows)
+        if not pool:
+            raise ConfigError(f"{cfg.data.data}: no unlabelled images to pseudo-label; lower label_fraction or pass unlabeled=FOLDER")
+        stages = Stages(accelerator, tracker, run_name, workdir)
+        history: list[StageRecord] = []
+
+        teacher = stages.run("teacher", to_flat(teacher_cfg),
+                             _train_stage(teacher_cfg, accelerator, tracker, data, "teacher", 0, {}))
+        history.append(StageRecord("teacher", teacher))
+        if main and teacher.get("version"):
+            set_alias(SEGMENTER, "teacher", teacher["version"])
+            promote_champion(teacher["version"], teacher["val_jaccard"], tracker)
+
+        for round_ in range(1, cfg.pseudo.iterations + 1):
+            previous = history[-1].outputs
+
+            def label(folder: Path, previous=previous) -> dict[str, Any]:
+                model, _ = load_model(previous["best_dir"])
+                model.to(accelerator.device)
+                pseudo_label(model, pool, data.cache, accelerator, folder, cfg.train.batch_size, cfg.pseudo.tta)
+                out: dict[str, Any] = {"folder": str(folder)}
+                if main:
+                    selection = select_pseudo_labels(read_stats(folder), cfg.pseudo.min_confidence,
+                                                     cfg.pseudo.min_area, folder / DECISIONS)
+                    summary = {**selection.summary(), "pool": len(pool),
+                               "valid_pixel_fraction": mean_valid_fraction(selection, cfg.pseudo.threshold)}
+                    tracker.log_metrics({f"pseudo/{k}": v for k, v in summary.items()}, step=round_)
+                    tracker.log_artifact(folder / DECISIONS, "pseudo_labels")
+                    tracker.log_artifact(folder / "probabilities", "pseudo_labels/probabilities")
+                    tracker.log_image(_pseudo_picture(selection, data), f"pictures/pseudo_labels_round{round_}.png")
+                    out.update(summary, artifact=f"runs:/{tracker.run_id}/pseudo_labels")
+                    print(f"[lesion] round {round_}: kept {summary['kept']} of {len(pool)} pseudo-labels "
+                          f"({summary['valid_pixel_fraction']:.1%} of their pixels above threshold {cfg.pseudo.threshold})")
+                return out
+
+            pseudo_stage = stages.run(f"pseudo{round_}", {"teacher_version": previous.get("version"), **to_flat(cfg.pseudo)},
+                                      label)
+            decisions = select_pseudo_labels(read_stats(pseudo_stage["folder"]), cfg.pseudo.min_confidence,
+                                             cfg.pseudo.min_area)
+            by_id = {r.id: r for r in pool}
+            pseudo_rows = [by_id[s.id] for s in decisions.kept]
+            if not pseudo_rows:
+                raise ConfigError(f"round {round_}: every pseudo-label was filtered out; lower min_confidence "
+                                  f"({cfg.pseudo.min_confidence}) or min_area ({cfg.pseudo.min_area})")
+            name = "student" + "*" * (round_ - 1) if round_ <= 3 else f"student{round_}"
+            student = stages.run(f"student{round_}", {**to_flat(student_cfg), "role": name}, _train_stage(
+                student_cfg, accelerator, tracker, data, "student", round_,
+                {"teacher_version": previous.get("version"), "pseudo_labels": pseudo_stage.get("artifact"),
+                 "stage_name": name},
+                train_rows=labelled + pseudo_rows, pseudo={s.id: s.file for s in decisions.kept},
+                threshold=cfg.pseudo.threshold,
+                weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio)))
+            history.append(StageRecord(name, student))
+            if main and student.get("version"):
+                set_alias(SEGMENTER, "student", student["version"])
+                promote_champion(student["version"], student["val_jaccard"], tracker)
+
+        summary = {r.name: {k: r.outputs.get(k) for k in ("val_jaccard", "val_dice", "val_miou2", "version")}
+                   for r in history}
+        if main:
+            for i, r in enumerate(history):
+                tracker.log_metrics({"stage/val_jaccard": r.outputs["val_jaccard"],
+                                     "stage/val_dice": r.outputs["val_dice"]}, step=i)
+            _log_comparison(history, data, tracker)
+            write_json(workdir / "selftrain.json", summary)
+            tracker.log_artifact(workdir / "selftrain.json", "selftrain")
+            for name, s in summary.items():
+                print(f"[lesion] {name:10s} val/jaccard {s['val_jaccard']:.4f}  val/dice {s['val_dice']:.4f}  "
+                      f"lesion-segmenter v{s['version']}")
+    return {"run_id": tracker.run_id, "run_name": run_name, "stages": summary, "workdir": str(workdir)}
+
+
+def _pseudo_picture(selection, data: PreparedData, count: int = 4) -> np.ndarray:
+    from lesion.data.datasets import load_pseudo_label
+    from lesion.plots import overlay_grid
+
+    kept = selection.kept[:count]
+    images = [data.cache.load(s.image, None).image for s in kept]
+    probs = [load_pseudo_label(s.file) for s in kept]
+    return overlay_grid(images, [p >= 0.5 for p in probs], [p >= 0.5 for p in probs],
+                        titles=[f"{s.id} conf {s.mean_confidence:.2f}" for s in kept])
+
+
+def _log_comparison(history: list[StageRecord], data: PreparedData, tracker: Tracker, count: int = 4) -> None:
+    """Bars of val Jaccard/Dice per stage, and the same validation images across the stages."""
+    from lesion.inference import predict_images
+    from lesion.plots import overlay, stage_comparison
+
+    names = [r.name for r in history]
+    figure = stage_comparison(names, {"val/jaccard": [r.outputs["val_jaccard"] for r in history],
+                                      "val/dice": [r.outputs["val_dice"] for r in history]})
+    tracker.log_figure(figure, "plots/stage_comparison.png")
+    val = select(data.rows, "val", labelled=True)[:count]
+    images = [data.cache.load(r.image, r.mask).image for r in val]
+    truths = [data.cache.load(r.image, r.mask).mask.astype(bool) for r in val]
+    columns = [[overlay(im, truth=t) for im, t in zip(images, truths)]]
+    for r in history:
+        model, _ = load_model(r.outputs["best_dir"])
+        probs = predict_images(model, images, data.image_size)
+        columns.append([overlay(im, pred=p >= 0.5, truth=t) for im, p, t in zip(images, probs, truths)])
+    grid = np.concatenate([np.concatenate(row, axis=1) for row in zip(*columns)], axis=0)
+    tracker.log_image(grid, "pictures/stages_" + "_".join(n.replace("*", "star") for n in ["truth", *names]) + ".png")

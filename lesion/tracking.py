@@ -1,0 +1,314 @@
+"""MLflow tracking: runs, nested stages, artifacts, pictures, registry and aliases.
+
+Only the main process talks to MLflow: a Tracker built with enabled=False
+(every other rank) does nothing. The tracking URI is MLFLOW_TRACKING_URI, else
+the embedded `sqlite:///mlflow.db`.
+
+Runs are found again by their tags (`lesion.entry_point`, `lesion.run_name`,
+`lesion.stage`): re-running the same command with the same run_name resumes
+the unfinished run instead of starting a new one, which is what makes
+crash-resume possible, also under `mlflow run` (which always opens a fresh
+run: that one is tagged with the run it resumed into).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+SEGMENTER = "lesion-segmenter"
+ENCODER = "lesion-encoder"
+TAG_ENTRY, TAG_RUN_NAME, TAG_STAGE = "lesion.entry_point", "lesion.run_name", "lesion.stage"
+
+
+def configure_tracking() -> str:
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    # mlflow run passes the registry of its own session; keep it consistent.
+    if not os.environ.get("MLFLOW_REGISTRY_URI"):
+        mlflow.set_registry_uri(uri)
+    return uri
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _get_or_create_experiment(name: str) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name)
+    except Exception:  # another worker created it first
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def find_runs(filters: dict[str, str], experiment_ids: list[str] | None = None, statuses: tuple[str, ...] = ()) -> list:
+    """Runs whose tags equal filters (newest first), optionally restricted to statuses."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+    runs = client.search_runs(experiment_ids, filter_string=query, order_by=["attributes.start_time DESC"])
+    return [r for r in runs if not statuses or r.info.status in statuses]
+
+
+def finished_stage(entry_point: str, run_name: str, stage: str, parent_run_id: str) -> Any:
+    """The FINISHED nested run of a stage under parent_run_id, or None: how a re-run skips done stages."""
+    runs = find_runs({TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, TAG_STAGE: stage,
+                      "mlflow.parentRunId": parent_run_id}, statuses=("FINISHED",))
+    return runs[0] if runs else None
+
+
+class Tracker:
+    """A thin MLflow facade that is a no-op when not enabled (non-main processes)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self.resumed = False
+        self._logged_steps: dict[str, set[int]] = {}
+
+    # ---------------------------------------------------------------- runs
+    @contextmanager
+    def run(self, entry_point: str, run_name: str = "", experiment: str = "", params: dict[str, Any] | None = None,
+            tags: dict[str, str] | None = None, nested: bool = False, stage: str = "") -> Iterator["Tracker"]:
+        """Start (or resume) a run; it ends FINISHED, or FAILED/KILLED on an exception."""
+        if not self.enabled:
+            yield self
+            return
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        configure_tracking()
+        client = MlflowClient()
+        outer = (self.run_id, self.resumed, self._logged_steps)  # restored when a nested run ends
+        self._logged_steps = {}
+        env_run = None if nested else os.environ.get("MLFLOW_RUN_ID")
+        active = mlflow.active_run()
+        if env_run:
+            experiment_id = client.get_run(env_run).info.experiment_id
+        elif nested and active is not None:
+            experiment_id = active.info.experiment_id
+        else:
+            experiment_id = _get_or_create_experiment(experiment or f"lesion-{entry_point}")
+        filters = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name}
+        if stage:
+            filters[TAG_STAGE] = stage
+        if nested and active is not None:
+            filters["mlflow.parentRunId"] = active.info.run_id
+        previous = find_runs(filters, [experiment_id], ("RUNNING", "FAILED", "KILLED")) if run_name else []
+        all_tags = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, **({TAG_STAGE: stage} if stage else {}),
+                    **(tags or {})}
+        commit = git_commit()
+        if commit:
+            all_tags.setdefault("mlflow.source.git.commit", commit.removesuffix("-dirty"))
+            all_tags["lesion.git_commit"] = commit
+        self.resumed = False
+        if previous and previous[0].info.run_id != env_run:
+            run_id = previous[0].info.run_id
+            self.resumed = True
+            if env_run:  # mlflow run opened a fresh run: say where the work went
+                client.set_tag(env_run, "lesion.resumed_into", run_id)
+                client.set_terminated(env_run, "FINISHED")
+                os.environ.pop("MLFLOW_RUN_ID", None)
+            mlflow.start_run(run_id=run_id, nested=nested)
+        elif env_run:
+            mlflow.start_run(run_id=env_run)
+        else:
+            mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None, nested=nested)
+        run = mlflow.active_run()
+        self.run_id = run.info.run_id
+        if run_name and not env_run:
+            mlflow.set_tag("mlflow.runName", run_name)
+        mlflow.set_tags(all_tags)
+        if params:
+            self.log_params(params)
+        status = "FINISHED"
+        try:
+            yield self
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            mlflow.end_run(status)
+            if nested:
+                self.run_id, self.resumed, self._logged_steps = outer
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.run_id is not None
+
+    # ---------------------------------------------------------------- logging
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        existing = MlflowClient().get_run(self.run_id).data.params
+        new = {k: str(v) for k, v in params.items() if k not in existing}
+        if new:
+            mlflow.log_params(new)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log each metric once per step, also across resumes (steps already in the store are skipped)."""
+        if not self.active:
+            return
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        fresh = {}
+        for key, value in metrics.items():
+            if key not in self._logged_steps:
+                self._logged_steps[key] = {m.step for m in client.get_metric_history(self.run_id, key)}
+            if step not in self._logged_steps[key]:
+                fresh[key] = float(value)
+                self._logged_steps[key].add(step)
+        if fresh:
+            mlflow.log_metrics(fresh, step=step)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def tags(self) -> dict[str, str]:
+        if not self.active:
+            return {}
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient().get_run(self.run_id).data.tags
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.active:
+            import mlflow
+
+            p = Path(path)
+            (mlflow.log_artifacts if p.is_dir() else mlflow.log_artifact)(str(p), artifact_path)
+
+    def log_dict(self, data: dict[str, Any], name: str) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.log_dict(data, name)
+
+    def log_text(self, text: str, name: str) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.log_text(text, name)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        if self.active:
+            import matplotlib.pyplot as plt
+            import mlflow
+
+            mlflow.log_figure(figure, name)
+            plt.close(figure)
+
+    def log_image(self, image: Any, name: str) -> None:
+        """A uint8 (H, W, 3) array as a PNG artifact."""
+        if self.active:
+            import mlflow
+
+            mlflow.log_image(image, name)
+
+
+# ---------------------------------------------------------------- models and registry
+
+
+def log_segmenter(model_dir: str | Path, example_png: bytes, tracker: Tracker, name: str = "model") -> str | None:
+    """Log a saved segmenter folder as an MLflow pyfunc (images in, masks out); returns its URI."""
+    if not tracker.active:
+        return None
+    import mlflow
+    import pandas as pd
+
+    from lesion.models.pyfunc import pyfunc_signature, pip_requirements
+
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).resolve().parent / "models" / "pyfunc_model.py"),
+        artifacts={"model_dir": str(model_dir)},
+        signature=pyfunc_signature(),
+        input_example=pd.DataFrame({"image": [example_png]}),
+        pip_requirements=pip_requirements(),
+        code_paths=[str(Path(__file__).resolve().parent)],
+    )
+    return info.model_uri
+
+
+def register(model_uri: str, name: str, tags: dict[str, Any], run_id: str | None = None) -> str:
+    """Register model_uri as a new version of name with tags; returns the version."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except Exception:  # already exists
+        pass
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}).version
+    return str(version)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def alias_version(name: str, alias: str):
+    """The ModelVersion under alias, or None."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except Exception:
+        return None
+
+
+def figure_to_png(figure: Any) -> bytes:
+    buf = io.BytesIO()
+    figure.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,282 @@
+"""One training loop through Hugging Face Accelerate, readable top to bottom.
+
+fit() trains a segmenter on a dataset of (image, target, valid) items,
+evaluates on validation images at their original resolution after every
+epoch, keeps the best and last weights (safetensors), checkpoints the full
+training state every epoch with accelerator.save_state, and resumes from it.
+
+Determinism: everything random in an epoch (shuffling, augmentation,
+dropout) is seeded from (seed, epoch), so a run resumed at an epoch boundary
+gives the same final metrics as an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from lesion.config import TrainConfig
+from lesion.data.cache import PreprocessCache
+from lesion.data.splits import Row
+from lesion.inference import predict_probabilities
+from lesion.metrics import score_image, summarize
+from lesion.models.io import save_model
+from lesion.tracking import Tracker, write_json
+from lesion.train.losses import segmentation_loss
+
+PROGRESS = "progress.json"
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """auto: bf16 where the GPU supports it, fp32 on CPU (the parameter wins over `accelerate launch` flags)."""
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    # cpu=True without CUDA makes `accelerate launch --multi_gpu` on a CPU machine form one gloo group.
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+        gradient_accumulation_steps=cfg.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def resolve_workers(requested: int) -> int:
+    if requested >= 0:
+        return requested
+    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
+
+
+@dataclass
+class FitResult:
+    best_score: float
+    best_epoch: int
+    history: list[dict[str, float]]
+    best_dir: Path
+    last_dir: Path
+    stopped_early: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases, as usual for conv nets.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if cfg.schedule == "poly":
+            return (1 - progress) ** 0.9
+        return 1.0
+
+    return factor
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache: PreprocessCache,
+             accelerator: Accelerator, prefix: str = "val", tta: bool = False,
+             progress: bool = True) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Metrics at each mask's original resolution, macro-averaged over images.
+
+    Each process scores its own shard; gather_for_metrics joins the per-image
+    confusion counts without the padding duplicates of the last batch.
+    Returns (metrics, per-image counts, row indices), the arrays on every process.
+    """
+    model.eval()
+    all_counts, all_index = [], []
+    for batch in tqdm(loader, desc=f"{prefix}", leave=False, disable=not (progress and accelerator.is_main_process)):
+        probs = predict_probabilities(model, batch["image"], tta)
+        counts = []
+        for prob, index in zip(probs, batch["index"].tolist()):
+            row = rows[index]
+            counts.append(score_image(prob[0].cpu(), cache.original_mask(row.image, row.mask)))
+        counts_t = torch.as_tensor(np.stack(counts), device=accelerator.device)
+        gathered_counts, gathered_index = accelerator.gather_for_metrics((counts_t, batch["index"].to(accelerator.device)))
+        all_counts.append(gathered_counts.cpu().numpy())
+        all_index.append(gathered_index.cpu().numpy())
+    counts_np, index_np = np.concatenate(all_counts), np.concatenate(all_index)
+    metrics = {f"{prefix}/{k}": v for k, v in summarize(counts_np).items()}
+    return metrics, counts_np, index_np
+
+
+def _picture(model: torch.nn.Module, val_ds: Dataset, picture_indices: list[int], device: torch.device) -> np.ndarray:
+    from lesion.data.transforms import denormalize
+    from lesion.plots import overlay_grid
+
+    items = [val_ds[i] for i in picture_indices]
+    images = torch.stack([it["image"] for it in items]).to(device)
+    model.eval()
+    probs = predict_probabilities(model, images).cpu().numpy()[:, 0]
+    return overlay_grid([denormalize(it["image"].numpy()) for it in items],
+                        [it["target"][0].numpy() > 0.5 for it in items],
+                        [p >= 0.5 for p in probs],
+                        titles=[val_ds.rows[i].id for i in picture_indices])
+
+
+def _latest_state(workdir: Path) -> Path | None:
+    # "state-next" is complete once its progress file is there (written last, before the swap).
+    for name in ("state", "state-next"):
+        if (workdir / name / PROGRESS).is_file():
+            return workdir / name
+    return None
+
+
+def fit(
+    model: torch.nn.Module,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    cache: PreprocessCache,
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    tracker: Tracker,
+    workdir: str | Path,
+    image_size: int,
+    seed: int = 0,
+    num_workers: int = 0,
+    picture_count: int = 4,
+    stage: str = "",
+    sampler_weights: torch.Tensor | None = None,
+    epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    workdir = Path(workdir)
+    main = accelerator.is_main_process
+    set_seed(seed, deterministic=not torch.cuda.is_available())
+
+    optimizer = build_optimizer(model, cfg)
+    generator = torch.Generator().manual_seed(seed)
+    if sampler_weights is not None:
+        # labelled:pseudo ratio for self-training; one "epoch" is len(train_ds) draws.
+        sampler = torch.utils.data.WeightedRandomSampler(sampler_weights, len(train_ds), generator=generator)
+        train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > cfg.batch_size,
+                                  num_workers=num_workers)
+    else:
+        train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator,
+                                  drop_last=len(train_ds) > cfg.batch_size, num_workers=num_workers)
+    val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, num_workers=num_workers)
+    batches = math.ceil(len(train_loader) / accelerator.num_processes)
+    steps_per_epoch = max(1, batches // cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, steps_per_epoch))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler)
+
+    history: list[dict[str, float]] = []
+    best_score, best_epoch, bad_epochs, start_epoch, step = -1.0, -1, 0, 0, 0
+    state = _latest_state(workdir)
+    if state is not None:
+        accelerator.load_state(str(state))
+        progress = json.loads((state / PROGRESS).read_text())
+        history, best_score, best_epoch = progress["history"], progress["best_score"], progress["best_epoch"]
+        bad_epochs, step, start_epoch = progress["bad_epochs"], progress["step"], progress["epoch"] + 1
+        if main:
+            tqdm.write(f"[lesion] resuming {stage or 'training'} at epoch {start_epoch + 1} from {state}")
+        for record in history:  # re-log anything a crash kept out of MLflow (steps already there are skipped)
+            tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+
+    picture_indices = list(range(min(picture_count, len(val_ds))))
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        set_seed(seed * 1000 + epoch, deterministic=not torch.cuda.is_available())
+        if hasattr(train_ds, "set_epoch"):
+            train_ds.set_epoch(epoch)
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        model.train()
+        loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+        bar = tqdm(train_loader, desc=f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not main)
+        for batch in bar:
+            with accelerator.accumulate(model):
+                logits = model(batch["image"])
+                loss = segmentation_loss(cfg.loss, logits, batch["target"], batch["valid"])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {cfg.lr})")
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_sum += loss.detach()
+            loss_count += 1
+            if accelerator.sync_gradients:
+                step += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        train_loss = accelerator.reduce(loss_sum / max(1, loss_count), reduction="mean").item()
+        metrics, _, _ = evaluate(model, val_loader, val_ds.rows, cache, accelerator)
+        record = {"epoch": epoch, "train/loss": train_loss, "train/lr": scheduler.get_last_lr()[0], **metrics}
+        history.append(record)
+        improved = metrics["val/jaccard"] > best_score
+        if improved:
+            best_score, best_epoch, bad_epochs = metrics["val/jaccard"], epoch, 0
+        else:
+            bad_epochs += 1
+        unwrapped = accelerator.unwrap_model(model)
+        if main:
+            if improved:
+                save_model(unwrapped, workdir / "best", image_size, epoch=epoch, val_jaccard=best_score)
+            save_model(unwrapped, workdir / "last", image_size, epoch=epoch)
+        # Checkpoint first, then log: a crash in between re-logs on resume, never twice.
+        accelerator.save_state(str(workdir / "state-next"))
+        if main:
+            write_json(workdir / "state-next" / PROGRESS, {
+                "epoch": epoch, "step": step, "history": history, "best_score": best_score,
+                "best_epoch": best_epoch, "bad_epochs": bad_epochs})
+            shutil.rmtree(workdir / "state", ignore_errors=True)
+            os.replace(workdir / "state-next", workdir / "state")
+        accelerator.wait_for_everyone()
+        tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        if main:
+            tqdm.write(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "
+                       f"val/jaccard {metrics['val/jaccard']:.4f} val/dice {metrics['val/dice']:.4f}"
+                       + (" *" if improved else ""))
+            last_epoch = epoch == cfg.epochs - 1
+            if picture_indices and (last_epoch or (cfg.picture_every and (epoch + 1) % cfg.picture_every == 0)):
+                tracker.log_image(_picture(unwrapped, val_ds, picture_indices, accelerator.device),
+                                  f"pictures/{stage + '_' if stage else ''}epoch_{epoch + 1:03d}.png")
+        if epoch_callback is not None:
+            epoch_callback(epoch, record)
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stopped_early = True
+            if main:
+                tqdm.write(f"[lesion] early stop: no better val/jaccard for {cfg.patience} epochs")
+            break
+
+    if main and history:
+        from lesion.plots import learning_curves
+
+        tracker.log_figure(learning_curves(history, stage), f"plots/{stage + '_' if stage else ''}learning_curves.png")
+    accelerator.wait_for_everyone()
+    return FitResult(best_score, best_epoch, history, workdir / "best", workdir / "last", stopped_early)

@@ -1,0 +1,143 @@
+"""The finetune stage: data -> model -> fit -> logged, registered segmenter."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+
+from lesion.config import FinetuneConfig, to_flat
+from lesion.data.datasets import SegmentationDataset
+from lesion.data.prepare import PreparedData, prepare_data
+from lesion.data.splits import select
+from lesion.errors import ConfigError
+from lesion.inference import image_png
+from lesion.models import build_model
+from lesion.models.io import init_encoder
+from lesion.tracking import SEGMENTER, Tracker, alias_version, log_segmenter, register, set_alias, write_json
+from lesion.train.engine import FitResult, fit, make_accelerator, resolve_mixed_precision, resolve_workers
+
+
+def shared_run_name(accelerator: Accelerator, given: str, prefix: str) -> str:
+    """The given run_name, or one fresh timestamped name agreed by all processes."""
+    name = [given or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(name)
+    return name[0]
+
+
+def fresh_workdir(accelerator: Accelerator, tracker: Tracker, workdir: Path) -> None:
+    """A resumed run keeps its checkpoints; a new run with a reused name starts clean."""
+    resumed = [tracker.resumed]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(resumed)
+    if accelerator.is_main_process and not resumed[0] and workdir.exists():
+        shutil.rmtree(workdir)
+    accelerator.wait_for_everyone()
+
+
+def build_initialised_model(cfg: FinetuneConfig, tracker: Tracker) -> torch.nn.Module:
+    init = cfg.model.encoder_init
+    model = build_model(cfg.model, pretrained_imagenet=init == "imagenet")
+    if init not in ("random", "imagenet"):
+        info = init_encoder(model, init)
+        tracker.set_tags({f"lesion.init.{k}": v for k, v in info.items()})
+    return model
+
+
+@dataclass
+class StageResult:
+    fit: FitResult
+    model_uri: str | None
+    version: str | None
+    data: PreparedData
+
+
+def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker, workdir: Path, role: str,
+                    data: PreparedData, model: torch.nn.Module | None = None, train_rows=None,
+                    pseudo: dict[str, str] | None = None, pseudo_threshold: float = 0.0,
+                    sampler_weights: torch.Tensor | None = None, extra_tags: dict[str, Any] | None = None,
+                    epoch_callback=None) -> StageResult:
+    """Fit a segmenter on data (labelled rows, or given train_rows with pseudo-labels), then log and register it."""
+    train_rows = train_rows if train_rows is not None else select(data.rows, "train", labelled=True)
+    val_rows = select(data.rows, "val", labelled=True)
+    if not val_rows:
+        raise ConfigError(f"{cfg.data.data}: no labelled validation images; set val_fraction > 0 or add a validation folder")
+    model = model if model is not None else build_initialised_model(cfg, tracker)
+    train_ds = SegmentationDataset(train_rows, data.cache, cfg.noise, train=True, seed=cfg.run.seed,
+                                   pseudo=pseudo, pseudo_threshold=pseudo_threshold)
+    val_ds = SegmentationDataset(val_rows, data.cache)
+    if accelerator.is_main_process:
+        write_json(workdir / "plan.json", {
+            **to_flat(cfg), "image_size": data.image_size, "num_processes": accelerator.num_processes,
+            "mixed_precision": resolve_mixed_precision(cfg.train.mixed_precision),
+            "num_workers": resolve_workers(cfg.data.num_workers), "device": str(accelerator.device),
+            "train_images": len(train_rows), "val_images": len(val_rows), "role": role, "data_summary": data.summary(),
+        })
+        tracker.log_artifact(workdir / "plan.json", "plan")
+    result = fit(model, train_ds, val_ds, data.cache, cfg.train, accelerator, tracker, workdir, data.image_size,
+                 seed=cfg.run.seed, num_workers=resolve_workers(cfg.data.num_workers), stage=role,
+                 sampler_weights=sampler_weights, epoch_callback=epoch_callback)
+    model_uri = version = None
+    if accelerator.is_main_process and tracker.active and result.history:
+        done = tracker.tags()
+        if "lesion.model_uri" in done:  # logged before a crash: never twice
+            model_uri, version = done["lesion.model_uri"], done.get("lesion.model_version")
+        else:
+            example = val_ds.cache.load(val_rows[0].image, None).image
+            model_uri = log_segmenter(result.best_dir, image_png(example), tracker)
+            tracker.set_tags({"lesion.model_uri": model_uri})
+            if cfg.run.register:
+                tags = {"role": role, "label_fraction": cfg.data.label_fraction, "data": cfg.data.data,
+                        "parent_run": tracker.run_id, "val_jaccard": f"{result.best_score:.6f}",
+                        "arch": cfg.model.arch, "encoder": cfg.model.encoder, **(extra_tags or {})}
+                version = register(model_uri, SEGMENTER, tags)
+                tracker.set_tags({"lesion.model_version": version})
+        tracker.log_metrics({"best/val_jaccard": result.best_score}, step=max(0, result.best_epoch))
+    return StageResult(result, model_uri, version, data)
+
+
+def promote_champion(version: str, score: float, tracker: Tracker) -> dict[str, Any]:
+    """Move the champion alias to version only if its val/jaccard beats the current champion's; log why."""
+    current = alias_version(SEGMENTER, "champion")
+    current_score = float(current.tags.get("val_jaccard", "-1")) if current is not None else None
+    promoted = current is None or score > current_score
+    if promoted:
+        set_alias(SEGMENTER, "champion", version)
+    decision = {"candidate_version": version, "candidate_val_jaccard": score,
+                "champion_version": current.version if current is not None else None,
+                "champion_val_jaccard": current_score, "promoted": promoted}
+    tracker.log_dict(decision, "registry/champion_gate.json")
+    tracker.set_tags({"lesion.champion_gate": "promoted" if promoted else "kept"})
+    verdict = "promoted to champion" if promoted else f"kept champion v{current.version} ({current_score:.4f})"
+    print(f"[lesion] lesion-segmenter v{version} val/jaccard {score:.4f}: {verdict}")
+    return decision
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    accelerator = make_accelerator(cfg.train)
+    tracker = Tracker(enabled=accelerator.is_main_process)
+    run_name = shared_run_name(accelerator, cfg.run.run_name, "finetune")
+    workdir = Path(cfg.run.output_dir) / "finetune" / run_name
+    tags = {"lesion.num_processes": accelerator.num_processes}
+    with tracker.run("finetune", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags):
+        fresh_workdir(accelerator, tracker, workdir)
+        data = prepare_data(cfg.data, cfg.run.seed, workdir, accelerator.is_main_process,
+                            accelerator.wait_for_everyone)
+        tracker.log_artifact(data.manifest, "data")
+        tracker.log_params({f"data.{k}": v for k, v in data.summary().items()})
+        stage = train_segmenter(cfg, accelerator, tracker, workdir, "supervised", data)
+        out = {"run_id": tracker.run_id, "run_name": run_name, "best_val_jaccard": stage.fit.best_score,
+               "best_epoch": stage.fit.best_epoch, "model_uri": stage.model_uri, "version": stage.version,
+               "history": stage.fit.history, "num_processes": accelerator.num_processes, "workdir": str(workdir)}
+        if accelerator.is_main_process and stage.version:
+            out["champion"] = promote_champion(stage.version, stage.fit.best_score, tracker)
+        if accelerator.is_main_process:
+            write_json(workdir / "result.json", out)
+    return out

@@ -1,0 +1,119 @@
+"""Noisy Student end to end on tiny synthetic data: stages, registry, pseudo-label filters, resume."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lesion.config import SelftrainConfig, from_flat
+from lesion.selftrain.pseudo import PseudoStats, select_pseudo_labels
+from lesion.selftrain.loop import run_selftrain
+from tests.conftest import subprocess_env
+
+TINY = {"data": "synthetic:n=32,size=64,seed=3", "image_size": 64, "label_fraction": 0.4, "epochs": 1,
+        "batch_size": 8, "lr": 3e-3, "iterations": 2, "min_confidence": 0.5, "tta": "false"}
+
+
+def tiny(tmp_path, **overrides) -> SelftrainConfig:
+    return from_flat(SelftrainConfig, {**TINY, "output_dir": str(tmp_path / "outputs"), **overrides})
+
+
+def children(client: MlflowClient, parent_id: str) -> dict[str, object]:
+    exp = client.get_run(parent_id).info.experiment_id
+    runs = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    return {r.data.tags["lesion.stage"]: r for r in runs}
+
+
+@pytest.mark.slow
+def test_full_loop_registers_stages_and_logs_pseudo_labels(tmp_path, tracking):
+    out = run_selftrain(tiny(tmp_path, run_name="st"))
+    assert list(out["stages"]) == ["teacher", "student", "student*"]
+    client = MlflowClient()
+    stages = children(client, out["run_id"])
+    assert set(stages) == {"teacher", "pseudo1", "student1", "pseudo2", "student2"}
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+
+    teacher_v = client.get_model_version_by_alias("lesion-segmenter", "teacher")
+    student_v = client.get_model_version_by_alias("lesion-segmenter", "student")
+    assert teacher_v.tags["role"] == "teacher" and student_v.tags["role"] == "student"
+    assert student_v.tags["round"] == "2" and student_v.version == out["stages"]["student*"]["version"]
+    first_student = client.get_model_version("lesion-segmenter", out["stages"]["student"]["version"])
+    assert first_student.tags["teacher_version"] == teacher_v.version
+    assert first_student.tags["pseudo_labels"].startswith("runs:/" + stages["pseudo1"].info.run_id)
+    assert client.get_model_version_by_alias("lesion-segmenter", "champion") is not None
+
+    pseudo_files = {a.path for a in client.list_artifacts(stages["pseudo1"].info.run_id, "pseudo_labels")}
+    assert "pseudo_labels/pseudo_labels.csv" in pseudo_files
+    parent_artifacts = {a.path for a in client.list_artifacts(out["run_id"], "plots")}
+    assert "plots/stage_comparison.png" in parent_artifacts
+
+
+def _stats(n=20):
+    return [PseudoStats(f"U{i}", "", "", mean_confidence=0.5 + i * 0.025, lesion_area=0.002 * i) for i in range(n)]
+
+
+def test_min_confidence_and_min_area_change_what_is_kept(tmp_path):
+    stats = _stats()
+    loose = select_pseudo_labels(stats, min_confidence=0.0, min_area=0.0)
+    strict_conf = select_pseudo_labels(stats, min_confidence=0.8, min_area=0.0)
+    strict_area = select_pseudo_labels(stats, min_confidence=0.0, min_area=0.02, decisions_csv=tmp_path / "d.csv")
+    assert len(loose.kept) == 20
+    assert len(strict_conf.kept) == 8 and len(strict_conf.dropped["low_confidence"]) == 12
+    assert len(strict_area.kept) == 10 and len(strict_area.dropped["small_area"]) == 10
+    rows = list(csv.DictReader(open(tmp_path / "d.csv")))
+    assert {r["reason"] for r in rows if r["decision"] == "dropped"} == {"small_area"}
+
+
+def test_pixel_threshold_changes_the_loss_mask():
+    import numpy as np
+
+    from lesion.data.datasets import pseudo_valid
+
+    prob = np.linspace(0, 1, 101, dtype=np.float32)
+    assert pseudo_valid(prob, 0.5).mean() == 1.0
+    assert 0.15 < pseudo_valid(prob, 0.9).mean() < 0.25
+
+
+@pytest.mark.slow
+def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
+    """kill -9 during the first student, then the same command again: teacher and pseudo1 are not re-run."""
+    args = [sys.executable, "-m", "lesion.cli", "selftrain", "--run_name", "crash", "--output_dir",
+            str(tmp_path / "outputs"), "--iterations", "1", "--epochs", "3"]
+    for k, v in TINY.items():
+        if k not in ("iterations", "epochs"):
+            args += [f"--{k}", str(v)]
+    env = subprocess_env()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    student_state = tmp_path / "outputs" / "selftrain" / "crash" / "student1" / "state" / "progress.json"
+    deadline = time.time() + 400
+    while not student_state.exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "the student never checkpointed"
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "stage teacher: finished" in log and "stage pseudo1: finished" in log
+    assert "resuming student at epoch" in log
+
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.`lesion.run_name` = 'crash'")
+    stages = [r.data.tags.get("lesion.stage") for r in runs if r.data.tags.get("lesion.stage")]
+    assert sorted(stages) == ["pseudo1", "student1", "teacher"], "one nested run per stage, none duplicated"
+    student = next(r for r in runs if r.data.tags.get("lesion.stage") == "student1")
+    assert student.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(student.info.run_id, "val/jaccard")] == [0, 1, 2]
+    versions = client.search_model_versions("name='lesion-segmenter'")
+    assert sorted(v.tags["role"] for v in versions) == ["student", "teacher"]

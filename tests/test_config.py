@@ -1,0 +1,61 @@
+import argparse
+
+import pytest
+
+from lesion import config as C
+from lesion.errors import ConfigError
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize("cls", [C.FinetuneConfig, C.PretrainConfig, C.EvaluateConfig, C.PredictConfig])
+def test_flat_names_are_unique_and_round_trip(cls):
+    flat = C.to_flat(cls())
+    assert len(flat) == len(C.flat_fields(cls))
+    assert C.from_flat(cls, flat) == cls()
+
+
+def test_from_flat_parses_strings_like_mlflow_passes_them():
+    cfg = C.from_flat(C.FinetuneConfig, {"epochs": "3.0", "lr": "0.01", "skip_bad": "true", "arch": "pspnet"})
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.skip_bad, cfg.model.arch) == (3, 0.01, True, "pspnet")
+
+
+def test_entry_point_defaults_override_group_defaults():
+    assert C.PretrainConfig().train.epochs != C.TrainConfig().epochs
+    assert C.from_flat(C.PretrainConfig, {}).train.epochs == C.PretrainConfig().train.epochs
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"epochs": "three"}, "epochs='three' is not a valid int"),
+    ({"arch": "segformer"}, "must be one of"),
+    ({"epoch": "3"}, "unknown parameter"),
+    ({"skip_bad": "maybe"}, "skip_bad"),
+])
+def test_bad_parameters_are_one_line_errors(values, fragment):
+    with pytest.raises(ConfigError) as err:
+        C.from_flat(C.FinetuneConfig, values)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cli_arguments_use_config_defaults():
+    parser = argparse.ArgumentParser()
+    C.add_arguments(parser, C.FinetuneConfig)
+    cfg = C.from_args(C.FinetuneConfig, parser.parse_args(["--epochs", "2", "--label_fraction", "0.1"]))
+    assert cfg.train.epochs == 2 and cfg.data.label_fraction == 0.1 and cfg.model.encoder == "resnet18"
+
+
+def test_mlproject_is_generated_from_the_configs():
+    from lesion.mlproject import render
+
+    assert (REPO / "MLproject").read_text() == render(), "MLproject is stale: run `make mlproject`"
+
+
+def test_mlproject_parses_and_every_parameter_reaches_the_command():
+    import yaml
+
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    from lesion.cli import ENTRY_POINTS
+
+    assert set(ENTRY_POINTS) <= set(project["entry_points"])
+    for name, entry in project["entry_points"].items():
+        for param in entry["parameters"]:
+            assert f"{{{param}}}" in entry["command"], (name, param)

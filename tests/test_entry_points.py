@@ -1,0 +1,88 @@
+"""The entry points as users run them: `mlflow run`, `lesion ...`, and two real processes (gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from lesion.metrics import score_folders
+from tests.conftest import REPO, subprocess_env
+
+BIN = Path(sys.executable).parent
+DATA = "synthetic:n=30,size=64,seed=2"
+
+
+def run(cmd: list[str], cwd: Path, timeout: int = 600) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-4000:]}"
+    return output
+
+
+def champion_metrics(eval_dir: Path) -> dict:
+    return json.loads(next(eval_dir.rglob("metrics.json")).read_text())["metrics"]
+
+
+@pytest.mark.slow
+def test_mlflow_run_finetune_then_evaluate_and_predict(tmp_path, tracking, cache_dir):
+    out = tmp_path / "outputs"
+    run([str(BIN / "mlflow"), "run", str(REPO), "-e", "finetune", "--env-manager", "local", "--experiment-name", "e2e",
+         "-P", f"data={DATA}", "-P", "epochs=2", "-P", "batch_size=8", "-P", f"output_dir={out}",
+         "-P", "run_name=e2e-ft"], cwd=tmp_path)
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("lesion-segmenter", "champion")
+    run_info = client.get_run(champion.run_id)
+    assert run_info.data.tags["lesion.run_name"] == "e2e-ft"
+
+    masks = tmp_path / "masks"
+    run([str(BIN / "lesion"), "evaluate", "--data", DATA, "--split", "val", "--out", str(masks),
+         "--output_dir", str(out)], cwd=tmp_path)
+    metrics = champion_metrics(out / "evaluate")
+    manifest = next((out / "evaluate").rglob("manifest.csv")).read_text().splitlines()[1:]
+    val = [line.split(",") for line in manifest if line.split(",")[3] == "val"]
+    assert sorted(p.name for p in masks.iterdir()) == sorted(f"{row[0]}_segmentation.png" for row in val)
+
+    # The written ISIC-format masks score the same as the logged metrics.
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for row in val:
+        shutil.copy(row[2], truth / f"{row[0]}_segmentation.png")
+    _, summary = score_folders(masks, truth)
+    assert summary["jaccard"] == pytest.approx(metrics["val/jaccard"], abs=1e-6)
+
+    images = Path(val[0][1]).parent
+    predictions = tmp_path / "pred"
+    run([str(BIN / "lesion"), "predict", "--input", str(images), "--out", str(predictions), "--batch_size", "16"],
+        cwd=tmp_path)
+    count = len(list(images.glob("*.png")))
+    assert len(list(predictions.glob("*_segmentation.png"))) == count
+    assert len(list(predictions.glob("*_overlay.png"))) == count
+
+
+@pytest.mark.slow
+def test_two_processes_train_together_and_evaluate_like_one(tmp_path, tracking):
+    out = tmp_path / "outputs"
+    log = run([str(BIN / "lesion"), "launch", "finetune", "--num_processes", "2", "--",
+               "--data", DATA, "--epochs", "1", "--batch_size", "4", "--output_dir", str(out), "--run_name", "two"],
+              cwd=tmp_path)
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`lesion.run_name` = 'two'")
+    assert len(runs) == 1, log[-2000:]
+    assert runs[0].data.tags["lesion.num_processes"] == "2", "accelerate must form one group of two processes"
+
+    results = {}
+    for n in (1, 2):
+        run([str(BIN / "lesion"), "launch", "evaluate", "--num_processes", str(n), "--", "--data", DATA,
+             "--batch_size", "4", "--output_dir", str(out / f"eval{n}"), "--run_name", f"eval{n}"], cwd=tmp_path)
+        results[n] = champion_metrics(out / f"eval{n}")
+    n_val = round(results[1]["val/images"])
+    assert n_val % 8 != 0, "an odd count exercises the padding of the last batch"
+    assert results[2]["val/images"] == n_val
+    for key, value in results[1].items():
+        assert results[2][key] == pytest.approx(value, abs=1e-9), key

@@ -1,0 +1,73 @@
+"""The finetune stage end to end in-process: learning, logging, registry, crash-resume."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+import lesion.train.finetune as finetune_module
+from lesion.config import from_flat, FinetuneConfig
+from lesion.train.finetune import run_finetune
+
+TINY = {"data": "synthetic:n=40,size=64,seed=1", "image_size": 64, "batch_size": 8, "epochs": 3, "lr": 3e-3,
+        "picture_every": 1}
+
+
+def tiny_config(tmp_path, **overrides) -> FinetuneConfig:
+    return from_flat(FinetuneConfig, {**TINY, "output_dir": str(tmp_path / "outputs"), **overrides})
+
+
+def test_finetune_learns_logs_and_registers(tmp_path, tracking):
+    out = run_finetune(tiny_config(tmp_path, run_name="ft"))
+    history = out["history"]
+    assert len(history) == 3
+    assert history[-1]["train/loss"] < history[0]["train/loss"]
+    assert out["best_val_jaccard"] > 0.3, "a U-Net should find dark blobs on skin after 3 epochs"
+
+    client = MlflowClient()
+    run = client.get_run(out["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "3" and run.data.params["arch"] == "unet"
+    assert "lesion.git_commit" in run.data.tags or "mlflow.source.git.commit" in run.data.tags
+    for key in ("val/jaccard", "val/threshold_jaccard", "val/dice", "val/sensitivity", "val/specificity",
+                "val/accuracy", "val/miou2", "train/loss"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1, 2], key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"data", "pictures", "plots", "plan"} <= artifacts
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "pictures")]
+    assert len(pictures) == 3
+
+    version = client.get_model_version("lesion-segmenter", out["version"])
+    assert version.tags["role"] == "supervised" and version.tags["parent_run"] == run.info.run_id
+    assert client.get_model_version_by_alias("lesion-segmenter", "champion").version == out["version"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_path, tracking, monkeypatch):
+    reference = run_finetune(tiny_config(tmp_path / "a", run_name="reference", register=False))
+
+    real_fit = finetune_module.fit
+
+    def crashing_fit(*args, **kwargs):
+        def crash(epoch, record):
+            if epoch == 1:
+                raise Crash("simulated crash after epoch 2")
+        return real_fit(*args, **{**kwargs, "epoch_callback": crash})
+
+    monkeypatch.setattr(finetune_module, "fit", crashing_fit)
+    with pytest.raises(Crash):
+        run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False))
+    monkeypatch.setattr(finetune_module, "fit", real_fit)
+    crashed = MlflowClient().search_runs([r.info.experiment_id for r in [MlflowClient().get_run(reference["run_id"])]],
+                                         "tags.`lesion.run_name` = 'crashy'")
+    assert len(crashed) == 1 and crashed[0].info.status == "FAILED"
+
+    resumed = run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False))
+    assert resumed["run_id"] == crashed[0].info.run_id
+    assert [h["val/jaccard"] for h in resumed["history"]] == pytest.approx(
+        [h["val/jaccard"] for h in reference["history"]], abs=1e-6)
+    steps = [m.step for m in MlflowClient().get_metric_history(resumed["run_id"], "val/jaccard")]
+    assert steps == [0, 1, 2], "nothing lost, nothing logged twice"

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, set_seed
 
 from lesion.config import FinetuneConfig, to_flat
 from lesion.data.datasets import SegmentationDataset
@@ -69,7 +69,9 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
     val_rows = select(data.rows, "val", labelled=True)
     if not val_rows:
         raise ConfigError(f"{cfg.data.data}: no labelled validation images; set val_fraction > 0 or add a validation folder")
-    model = model if model is not None else build_initialised_model(cfg, tracker)
+    if model is None:
+        set_seed(cfg.run.seed, deterministic=not torch.cuda.is_available())  # the same initial weights every run
+        model = build_initialised_model(cfg, tracker)
     train_ds = SegmentationDataset(train_rows, data.cache, cfg.noise, train=True, seed=cfg.run.seed,
                                    pseudo=pseudo, pseudo_threshold=pseudo_threshold)
     val_ds = SegmentationDataset(val_rows, data.cache)

@@ -44,9 +44,9 @@ def test_full_loop_registers_stages_and_logs_pseudo_labels(tmp_path, tracking):
     teacher_v = client.get_model_version_by_alias("lesion-segmenter", "teacher")
     student_v = client.get_model_version_by_alias("lesion-segmenter", "student")
     assert teacher_v.tags["role"] == "teacher" and student_v.tags["role"] == "student"
-    assert student_v.tags["round"] == "2" and student_v.version == out["stages"]["student*"]["version"]
+    assert student_v.tags["round"] == "2" and str(student_v.version) == out["stages"]["student*"]["version"]
     first_student = client.get_model_version("lesion-segmenter", out["stages"]["student"]["version"])
-    assert first_student.tags["teacher_version"] == teacher_v.version
+    assert first_student.tags["teacher_version"] == str(teacher_v.version)
     assert first_student.tags["pseudo_labels"].startswith("runs:/" + stages["pseudo1"].info.run_id)
     assert client.get_model_version_by_alias("lesion-segmenter", "champion") is not None
 

@@ -39,7 +39,7 @@ def test_finetune_learns_logs_and_registers(tmp_path, tracking):
 
     version = client.get_model_version("lesion-segmenter", out["version"])
     assert version.tags["role"] == "supervised" and version.tags["parent_run"] == run.info.run_id
-    assert client.get_model_version_by_alias("lesion-segmenter", "champion").version == out["version"]
+    assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == out["version"]
 
 
 class Crash(Exception):

@@ -92,19 +92,22 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("entry", choices=sorted(ENTRY_POINTS))
     launch.add_argument("--num_processes", type=int, default=1,
                         help="Processes (GPUs); 0 uses your `accelerate config` as it is.")
-    launch.add_argument("rest", nargs=argparse.REMAINDER, help="-- then the entry point's parameters")
+    launch.epilog = "Everything after -- goes to the entry point, e.g. lesion launch finetune --num_processes 2 -- --epochs 3"
     for name, entry in ENTRY_POINTS.items():
         entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help,
                                           formatter_class=argparse.ArgumentDefaultsHelpFormatter))
     if argv and argv[0] in ENTRY_POINTS:
         return run_entry_point(argv[0], argv[1:])
+    rest: list[str] = []
+    if argv[:1] == ["launch"] and "--" in argv:  # the entry point's own parameters follow --
+        cut = argv.index("--")
+        argv, rest = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
     if args.command == "data":
         return _data_inspect(args)
     if args.command == "launch":
         from lesion.launch import launch as do_launch
 
-        rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
         return do_launch(args.entry, args.num_processes, rest)
     return 2
 

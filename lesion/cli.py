@@ -35,11 +35,12 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
                            "Score a model on a split with ISIC metrics and write ISIC-format masks."),
     "predict": EntryPoint(C.PredictConfig, "lesion.predict:run_predict",
                           "Write masks and overlays for an image or a folder of images."),
+    "pretrain": EntryPoint(C.PretrainConfig, "lesion.ssl.pretrain:run_pretrain",
+                           "Self-supervised encoder pretraining: a jigsaw-invariant auto-encoder on unlabelled images."),
+    "selftrain": EntryPoint(C.SelftrainConfig, "lesion.selftrain.loop:run_selftrain",
+                            "Noisy Student: teacher on labelled data, pseudo-labels for the unlabelled pool, "
+                            "noised students, repeated."),
 }
-
-
-def register_entry_point(name: str, entry: EntryPoint) -> None:
-    ENTRY_POINTS[name] = entry
 
 
 def entry_parser(name: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -76,8 +77,6 @@ def _data_inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lesion import entry_points  # noqa: F401  (registers the later stages)
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="lesion", description="Label-efficient skin-lesion segmentation.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -113,4 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from lesion.cli import main as _main  # the module, not __main__, holds the registry
+
+    raise SystemExit(_main())

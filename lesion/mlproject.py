@@ -31,8 +31,6 @@ def _yaml_scalar(value: object) -> str:
 
 
 def render() -> str:
-    from lesion import entry_points  # noqa: F401  (registers every stage)
-
     lines = [HEADER]
     for name, entry in ENTRY_POINTS.items():
         lines.append(f"  {name}:")

@@ -121,6 +121,7 @@ class Tracker:
         if nested and active is not None:
             filters["mlflow.parentRunId"] = active.info.run_id
         previous = find_runs(filters, [experiment_id], ("RUNNING", "FAILED", "KILLED")) if run_name else []
+        previous = [r for r in previous if r.data.tags.get(TAG_STAGE, "") == stage]  # a parent is not its stages
         all_tags = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, **({TAG_STAGE: stage} if stage else {}),
                     **(tags or {})}
         commit = git_commit()

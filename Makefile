@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	PATH="$(BIN):$$PATH" $(BIN)/mlflow run . -e finetune --env-manager local --experiment-name lesion-demo
+	PATH="$(BIN):$$PATH" $(BIN)/mlflow run . -e selftrain --env-manager local --experiment-name lesion-demo
 	@echo "Open the results: $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
 
 test: $(STAMP)

@@ -139,6 +139,8 @@ class Tracker:
             mlflow.start_run(run_id=run_id, nested=nested)
         elif env_run:
             mlflow.start_run(run_id=env_run)
+            # MLflow would re-attach every later (nested) start_run to this id: the env var has done its job.
+            os.environ.pop("MLFLOW_RUN_ID", None)
         else:
             mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None, nested=nested)
         run = mlflow.active_run()

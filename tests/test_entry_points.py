@@ -86,3 +86,21 @@ def test_two_processes_train_together_and_evaluate_like_one(tmp_path, tracking):
     assert results[2]["val/images"] == n_val
     for key, value in results[1].items():
         assert results[2][key] == pytest.approx(value, abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking):
+    """The main job as `make demo` runs it: each stage a child of the run that `mlflow run` opened."""
+    log = run([str(BIN / "mlflow"), "run", str(REPO), "-e", "selftrain", "--env-manager", "local",
+               "--experiment-name", "demo", "-P", "data=synthetic:n=24,size=64,seed=5", "-P", "epochs=1",
+               "-P", "iterations=1", "-P", "label_fraction=0.5", "-P", "min_confidence=0.5",
+               "-P", f"output_dir={tmp_path / 'out'}"], cwd=tmp_path)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("demo")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, log[-2000:]
+    children = {r.data.tags["lesion.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert set(children) == {"teacher", "pseudo1", "student1"}
+    teacher_pictures = [a.path for a in client.list_artifacts(children["teacher"].info.run_id, "pictures")]
+    assert teacher_pictures, "the teacher's pictures belong to the teacher's run"

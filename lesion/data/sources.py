@@ -1,6 +1,6 @@
 """Sources: one `data` string -> (image, mask?) records.
 
-    synthetic | synthetic:n=300,size=128,seed=0     the built-in generator
+    synthetic | synthetic:n=200,size=128,seed=0     the built-in generator
     PATH                                            layout detected (ISIC 2016/2017/2018, PH2, images/+masks/)
     FORMAT:PATH                                     forced: isic, isic2016, isic2017, isic2018, ph2, folder, unlabeled
 

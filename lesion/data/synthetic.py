@@ -34,24 +34,24 @@ COMPLETE = ".complete"
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    n: int = 300
+    n: int = 200
     size: int = 128
     seed: int = 0
 
 
 def parse_spec(options: str) -> SyntheticSpec:
-    """'n=300,size=128,seed=0' (any subset) -> SyntheticSpec."""
+    """'n=200,size=128,seed=0' (any subset) -> SyntheticSpec."""
     valid = [f.name for f in fields(SyntheticSpec)]
     values: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in options.split(","))):
         key, sep, raw = part.partition("=")
         if not sep or key not in valid:
             raise DataError(f"synthetic option {part!r} is unknown; use {', '.join(k + '=' for k in valid)} "
-                            "(e.g. synthetic:n=300,size=128,seed=0)")
+                            "(e.g. synthetic:n=200,size=128,seed=0)")
         try:
             values[key] = int(raw)
         except ValueError:
-            raise DataError(f"synthetic option {part!r} needs an integer (e.g. synthetic:n=300,size=128,seed=0)") from None
+            raise DataError(f"synthetic option {part!r} needs an integer (e.g. synthetic:n=200,size=128,seed=0)") from None
     spec = SyntheticSpec(**values)
     if spec.n < 1 or spec.size < 64:
         raise DataError(f"synthetic options n={spec.n}, size={spec.size}: need n >= 1 and size >= 64")

@@ -12,10 +12,8 @@ gives the same final metrics as an uninterrupted one on CPU.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,11 +31,9 @@ from lesion.data.splits import Row
 from lesion.inference import predict_probabilities
 from lesion.metrics import score_image, summarize
 from lesion.models.io import save_model
-from lesion.tracking import Tracker, write_json
+from lesion.tracking import Tracker
+from lesion.train.checkpoint import load_checkpoint, save_checkpoint
 from lesion.train.losses import segmentation_loss
-
-PROGRESS = "progress.json"
-
 
 def resolve_mixed_precision(choice: str) -> str:
     """auto: bf16 where the GPU supports it, fp32 on CPU (the parameter wins over `accelerate launch` flags)."""
@@ -142,14 +138,6 @@ def _picture(model: torch.nn.Module, val_ds: Dataset, picture_indices: list[int]
                         titles=[val_ds.rows[i].id for i in picture_indices])
 
 
-def _latest_state(workdir: Path) -> Path | None:
-    # "state-next" is complete once its progress file is there (written last, before the swap).
-    for name in ("state", "state-next"):
-        if (workdir / name / PROGRESS).is_file():
-            return workdir / name
-    return None
-
-
 def fit(
     model: torch.nn.Module,
     train_ds: Dataset,
@@ -193,14 +181,12 @@ def fit(
 
     history: list[dict[str, float]] = []
     best_score, best_epoch, bad_epochs, start_epoch, step = -1.0, -1, 0, 0, 0
-    state = _latest_state(workdir)
-    if state is not None:
-        accelerator.load_state(str(state))
-        progress = json.loads((state / PROGRESS).read_text())
+    progress = load_checkpoint(accelerator, workdir)
+    if progress is not None:
         history, best_score, best_epoch = progress["history"], progress["best_score"], progress["best_epoch"]
         bad_epochs, step, start_epoch = progress["bad_epochs"], progress["step"], progress["epoch"] + 1
         if main:
-            tqdm.write(f"[lesion] resuming {stage or 'training'} at epoch {start_epoch + 1} from {state}")
+            tqdm.write(f"[lesion] resuming {stage or 'training'} at epoch {start_epoch + 1} from {workdir}")
         for record in history:  # re-log anything a crash kept out of MLflow (steps already there are skipped)
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
 
@@ -249,14 +235,9 @@ def fit(
                 save_model(unwrapped, workdir / "best", image_size, epoch=epoch, val_jaccard=best_score)
             save_model(unwrapped, workdir / "last", image_size, epoch=epoch)
         # Checkpoint first, then log: a crash in between re-logs on resume, never twice.
-        accelerator.save_state(str(workdir / "state-next"))
-        if main:
-            write_json(workdir / "state-next" / PROGRESS, {
-                "epoch": epoch, "step": step, "history": history, "best_score": best_score,
-                "best_epoch": best_epoch, "bad_epochs": bad_epochs})
-            shutil.rmtree(workdir / "state", ignore_errors=True)
-            os.replace(workdir / "state-next", workdir / "state")
-        accelerator.wait_for_everyone()
+        save_checkpoint(accelerator, workdir, {"epoch": epoch, "step": step, "history": history,
+                                               "best_score": best_score, "best_epoch": best_epoch,
+                                               "bad_epochs": bad_epochs})
         tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         if main:
             tqdm.write(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "

@@ -1,0 +1,47 @@
+"""Full training state on disk, for crash-resume.
+
+accelerator.save_state writes model, optimizer, scheduler and RNG states into
+`state-next/`; the main process adds `progress.json` (epoch, history, best
+score) last and swaps the folder into `state/`. A crash at any point leaves a
+complete `state/` or a complete `state-next/`, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from lesion.tracking import write_json
+
+PROGRESS = "progress.json"
+
+
+def latest_state(workdir: str | Path) -> Path | None:
+    for name in ("state", "state-next"):
+        if (Path(workdir) / name / PROGRESS).is_file():
+            return Path(workdir) / name
+    return None
+
+
+def save_checkpoint(accelerator: Accelerator, workdir: str | Path, progress: dict[str, Any]) -> None:
+    workdir = Path(workdir)
+    accelerator.save_state(str(workdir / "state-next"))
+    if accelerator.is_main_process:
+        write_json(workdir / "state-next" / PROGRESS, progress)
+        shutil.rmtree(workdir / "state", ignore_errors=True)
+        os.replace(workdir / "state-next", workdir / "state")
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(accelerator: Accelerator, workdir: str | Path) -> dict[str, Any] | None:
+    """Restore the prepared objects and RNG states; returns the saved progress, or None for a fresh start."""
+    state = latest_state(workdir)
+    if state is None:
+        return None
+    accelerator.load_state(str(state))
+    return json.loads((state / PROGRESS).read_text())

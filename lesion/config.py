@@ -184,6 +184,7 @@ class PseudoConfig:
     student_dropout: float = param(0.2, "Student channel dropout (noise).")
     student_drop_path: float = param(0.1, "Student stochastic depth (noise).")
     student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).")
+    student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.")
     params: str = param("", "JSON of tuned parameters (tune's best_params.json, a path or runs:/ URI) applied on top.")
 
 

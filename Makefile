@@ -9,7 +9,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # Tokenizers and OpenMP: one thread pool per process, sized to the machine.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv mlproject clean
+.PHONY: demo test venv mlproject clean postgres
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}: make PYTHON=/path/to/python3.11"'
@@ -23,7 +23,13 @@ demo: $(STAMP)
 	PATH="$(BIN):$$PATH" $(BIN)/mlflow run . -e selftrain --env-manager local --experiment-name lesion-demo
 	@echo "Open the results: $(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI)"
 
-test: $(STAMP)
+# The distributed-tuning test runs a throwaway PostgreSQL server: Debian's package, installed when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "note: PostgreSQL is not installed; the distributed-tuning test will be skipped"; }
+
+test: $(STAMP) postgres
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 mlproject: $(STAMP)

@@ -202,6 +202,31 @@ class SelftrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+@dataclass
+class StudyConfig:
+    """Optuna: where the study lives and how each trial is budgeted."""
+
+    study: str = param("lesion-noisy-student", "Study name; workers with the same storage and study join it.")
+    storage: str = param("sqlite:///optuna.db", "Optuna storage: SQLite file, or a SQLAlchemy URL (postgresql://...) for many workers.")
+    n_trials: int = param(8, "Trials this worker runs.")
+    timeout: float = param(0.0, "Stop this worker after this many seconds (0: no limit).")
+    pruner: str = param("median", "Pruner for bad trials.", ("median", "hyperband", "none"))
+    sampler_seed: int = param(0, "Seed of the TPE sampler (each worker adds its own offset).")
+    trial_epochs: int = param(3, "Student epochs per trial (the short budget).")
+    space: str = param("", "JSON overrides of the search space (tuning/space.py), e.g. '{\"threshold\": [0.7, 0.9], \"lr\": 0.001}'.")
+
+
+@dataclass
+class TuneConfig:
+    data: DataConfig = field(default_factory=lambda: DataConfig(label_fraction=0.25))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    noise: NoiseConfig = field(default_factory=_student_noise)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    tune: StudyConfig = field(default_factory=StudyConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
 # --------------------------------------------------------------------------- flat view
 
 

@@ -54,19 +54,23 @@ def overlay_grid(images: list[np.ndarray], truths: list[np.ndarray], preds: list
 def learning_curves(history: list[dict[str, float]], title: str = "") -> plt.Figure:
     """Training loss and validation metrics per epoch."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+    has_val = any(k.startswith("val/") for h in history for k in h)
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(10 if has_val else 5.5, 3.6), squeeze=False)
+    ax_loss = axes[0, 0]
     for key in sorted({k for h in history for k in h if k.endswith("loss")}):
         ax_loss.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_title("loss")
     ax_loss.legend()
-    for key in ("val/jaccard", "val/dice", "val/threshold_jaccard"):
-        if any(key in h for h in history):
-            ax_val.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
-    ax_val.set_xlabel("epoch")
-    ax_val.set_ylim(0, 1)
-    ax_val.set_title("validation")
-    ax_val.legend()
+    if has_val:
+        ax_val = axes[0, 1]
+        for key in ("val/jaccard", "val/dice", "val/threshold_jaccard"):
+            if any(key in h for h in history):
+                ax_val.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
+        ax_val.set_xlabel("epoch")
+        ax_val.set_ylim(0, 1)
+        ax_val.set_title("validation")
+        ax_val.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,1 +1,1 @@
-"""Self-supervised pretraining: a jigsaw-invariant auto-encoder (after JIANet) on the fine-tuning encoder."""
+"""Self-supervised pretraining: a jigsaw auto-encoder with InfoNCE invariance (after JIANet) on the fine-tuning encoder."""

@@ -1,4 +1,4 @@
-"""Losses of the jigsaw-invariant auto-encoder."""
+"""Losses of the jigsaw auto-encoder: reconstruction and InfoNCE invariance."""
 
 from __future__ import annotations
 
@@ -7,35 +7,46 @@ import torch.nn.functional as F
 
 
 def reconstruction_loss(reconstruction: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """L1 + MSE, as in JIANet, on normalized images."""
-    reconstruction = reconstruction.float()
+    """L1 + MSE (as in JIANet) between the reconstruction and the original normalised image."""
+    reconstruction, image = reconstruction.float(), image.float()
     return F.l1_loss(reconstruction, image) + F.mse_loss(reconstruction, image)
 
 
-def info_nce(anchor: torch.Tensor, positive: torch.Tensor, temperature: float,
+def info_nce(z_image: torch.Tensor, z_puzzle: torch.Tensor, temperature: float,
              queue: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE: each image's puzzle is its positive; other images (and the queue) are negatives.
+    """Symmetric InfoNCE on L2-normalised (B, D) embeddings.
 
-    anchor, positive: (B, D) L2-normalised; queue: (Q, D) past positives, detached.
+    Image i's positive is its own puzzle; the negatives are the other images of
+    the batch in the other view, plus the queue (past image embeddings) if any.
     """
-    anchor, positive = anchor.float(), positive.float()
-    targets = torch.arange(anchor.shape[0], device=anchor.device)
-    keys = positive if queue is None or len(queue) == 0 else torch.cat([positive, queue.to(positive)])
-    forward = F.cross_entropy(anchor @ keys.T / temperature, targets)
-    backward = F.cross_entropy(positive @ anchor.T / temperature, targets)
-    return (forward + backward) / 2
+    z_image, z_puzzle = z_image.float(), z_puzzle.float()
+    extra = queue.to(z_image) if queue is not None else z_image.new_zeros(0, z_image.shape[1])
+    targets = torch.arange(len(z_image), device=z_image.device)
+    image_to_puzzle = z_image @ torch.cat([z_puzzle, extra]).T / temperature
+    puzzle_to_image = z_puzzle @ torch.cat([z_image, extra]).T / temperature
+    return (F.cross_entropy(image_to_puzzle, targets) + F.cross_entropy(puzzle_to_image, targets)) / 2
 
 
 class EmbeddingQueue:
-    """A FIFO of past puzzle embeddings: more negatives than a small CPU batch holds."""
+    """A FIFO of past image embeddings: many more negatives than a small batch holds (MoCo-style).
 
-    def __init__(self, size: int, dim: int):
+    It has state_dict/load_state_dict, so accelerator checkpoints carry it and a
+    resumed run sees the same negatives.
+    """
+
+    def __init__(self, size: int, dim: int, device: torch.device | str = "cpu"):
         self.size = size
-        self.items = torch.zeros(0, dim)
+        self.items = torch.zeros(0, dim, device=device)
 
-    def __call__(self) -> torch.Tensor | None:
-        return self.items if self.size > 0 else None
+    def negatives(self) -> torch.Tensor | None:
+        return self.items if self.size > 0 and len(self.items) else None
 
     def push(self, embeddings: torch.Tensor) -> None:
         if self.size > 0:
-            self.items = torch.cat([embeddings.detach().float().cpu(), self.items])[: self.size]
+            self.items = torch.cat([embeddings.detach().float(), self.items])[: self.size]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"items": self.items.cpu()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.items = state["items"].to(self.items.device)

@@ -1,39 +1,67 @@
-"""The jigsaw-invariant auto-encoder.
+"""The jigsaw auto-encoder: the fine-tuning encoder, a light decoder and a projection head.
 
-A U-Net with RGB output reconstructs the original image from its shuffled
-puzzle: the decoder sees the puzzle's feature pyramid, so the encoder must
-learn where each piece belongs (lesion shape, border, texture). A projection
-head on the pooled deepest features gives the embeddings of the image and of
-its puzzle for the invariance term. The encoder is the U-Net's encoder:
-the very module, with the very tensor names, that fine-tuning builds.
+- encoder: `build_encoder(name)`, the very module (same tensor names) that
+  every segmentation architecture builds, so its weights load 1:1;
+- decoder: a light U-Net decoder on the encoder's feature pyramid of the
+  SHUFFLED puzzle (skips at strides 16, 8, 4, 2; one conv per level) that
+  outputs the ORIGINAL image. Skips carry features of misplaced tiles, so only
+  an encoding that knows where each tile belongs reconstructs the image;
+- projector: MLP on the pooled deepest features -> L2-normalised embedding,
+  for the InfoNCE invariance between an image and its puzzle.
 """
 
 from __future__ import annotations
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lesion.models.registry import timm_encoder_name
+from lesion.models.registry import build_encoder
+
+DECODER_WIDTHS = (256, 128, 64, 32)  # at strides 16, 8, 4, 2
+
+
+def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class PyramidDecoder(nn.Module):
+    """Deepest features, upsampled level by level and fused with each skip, to an RGB image."""
+
+    def __init__(self, channels: list[int], widths: tuple[int, ...] = DECODER_WIDTHS, out_channels: int = 3):
+        super().__init__()
+        *skips, deepest = channels  # encoder channels from stride 2 to stride 32
+        ins = [deepest, *widths[:-1]]
+        self.blocks = nn.ModuleList(conv_bn_relu(i + s, w) for i, s, w in zip(ins, reversed(skips), widths))
+        self.head = nn.Sequential(conv_bn_relu(widths[-1], widths[-1] // 2), nn.Conv2d(widths[-1] // 2, out_channels, 1))
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        *skips, x = features
+        for block, skip in zip(self.blocks, reversed(skips)):
+            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], 1))
+        return self.head(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
 
 
 class JigsawAutoEncoder(nn.Module):
     def __init__(self, encoder: str, projection_dim: int = 128):
         super().__init__()
-        self.net = smp.Unet(timm_encoder_name(encoder), encoder_weights=None, classes=3)
-        width = self.net.encoder.out_channels[-1]
+        self.encoder = build_encoder(encoder)
+        channels = list(self.encoder.out_channels[1:])  # [0] is the input itself, not a feature
+        self.decoder = PyramidDecoder(channels)
+        width = channels[-1]
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
 
-    @property
-    def encoder(self) -> nn.Module:
-        return self.net.encoder
+    def embed(self, deepest: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(deepest.mean((2, 3))), dim=1)
 
-    def embed(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return F.normalize(self.projector(features[-1].mean((2, 3))), dim=1)
+    def reconstruct(self, puzzle: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(puzzle)[1:], puzzle.shape[-2:])
 
     def forward(self, image: torch.Tensor, puzzle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(reconstruction of image from puzzle, image embedding, puzzle embedding)."""
-        puzzle_features = self.net.encoder(puzzle)
-        reconstruction = self.net.segmentation_head(self.net.decoder(puzzle_features))
-        return reconstruction, self.embed(self.net.encoder(image)), self.embed(puzzle_features)
+        b = len(image)
+        # One encoder pass over both views: one BatchNorm batch, half the kernel launches.
+        features = self.encoder(torch.cat([image, puzzle]))[1:]
+        reconstruction = self.decoder([f[b:] for f in features], puzzle.shape[-2:])
+        z = self.embed(features[-1])
+        return reconstruction, z[:b], z[b:]

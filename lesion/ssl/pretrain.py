@@ -1,14 +1,30 @@
 """The pretrain stage: learn the segmentation encoder from unlabelled images.
 
-Loss = reconstruction_weight * (L1 + MSE)(decoder(encoder(puzzle)), image)
-     + invariance_weight * InfoNCE(embed(image), embed(puzzle))
+    loss = reconstruction_weight * (L1 + MSE)(decoder(encoder(puzzle)), image)
+         + invariance_weight * InfoNCE(embed(image), embed(puzzle), temperature)
 
-It trains on the training split (masks ignored) plus any `unlabeled`
-folders. Validation and test images are left out on purpose: pretraining on
-them would be transductive and flatter every comparison made on them.
-The encoder is saved as safetensors with its name and registered as
-`lesion-encoder` (alias `ssl`), ready for `finetune --encoder_init
-models:/lesion-encoder@ssl`.
+The puzzle is the image cut into grid x grid tiles, each tile cropped and
+colour-jittered, then shuffled (lesion.ssl.puzzles): reconstructing the
+original from it needs an encoder that knows what a lesion and its border look
+like. InfoNCE makes the pooled embedding of an image match its puzzle's
+against the other images of the batch (and a queue of past ones when
+queue_size > 0).
+
+Data: the training split (masks ignored) plus every `unlabeled` folder.
+Validation and test images are left out on purpose: pretraining on them would
+be transductive and flatter every fine-tuning comparison made on them.
+
+Sizes: image_size must be a multiple of 32 (the encoder's stride; checked by
+prepare_data). When it is not a multiple of grid, the puzzle is cut from the
+image resized to the nearest multiple of grid and resized back (256 px with
+grid 3: 85-px tiles of a 255-px image); the target is always the image itself.
+
+It runs like fit(): Accelerate (any number of processes, bf16 on GPU), only
+the main process logs and writes, everything random is seeded by (seed,
+epoch[, image]), and re-running the same run_name resumes from the last
+epoch's state. The encoder is saved as safetensors + its name and registered
+as `lesion-encoder` (alias `ssl`): `finetune --encoder_init
+models:/lesion-encoder@ssl` starts from it, for any architecture.
 """
 
 from __future__ import annotations
@@ -19,61 +35,133 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from lesion.config import PretrainConfig, to_flat
+from lesion.config import PretrainConfig, SSLConfig, to_flat
 from lesion.data.datasets import ImageDataset
-from lesion.data.prepare import prepare_data
+from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
-from lesion.errors import ConfigError
+from lesion.errors import ConfigError, DataError
 from lesion.models.io import save_encoder
 from lesion.ssl.losses import EmbeddingQueue, info_nce, reconstruction_loss
 from lesion.ssl.model import JigsawAutoEncoder
 from lesion.ssl.puzzles import make_puzzle
-from lesion.tracking import ENCODER, Tracker, write_json
+from lesion.tracking import ENCODER, Tracker, set_alias, write_json
 from lesion.train.checkpoint import load_checkpoint, save_checkpoint
-from lesion.train.engine import build_optimizer, lr_lambda, make_accelerator, resolve_workers
+from lesion.train.engine import build_optimizer, lr_lambda, make_accelerator, resolve_mixed_precision, resolve_workers
 from lesion.train.finetune import fresh_workdir, shared_run_name
 
+PRETRAIN_SPLITS = ("train", "unlabeled")
+METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance")
+MIN_TILE = 8  # pixels: smaller tiles hold too little to place
 
-def _picture(images: torch.Tensor, puzzles: torch.Tensor, reconstructions: torch.Tensor, count: int = 4) -> np.ndarray:
-    """Rows of original | puzzle | reconstruction."""
-    rows = []
-    for image, puzzle, recon in list(zip(images, puzzles, reconstructions))[:count]:
-        rows.append(np.concatenate([denormalize(t.detach().float().cpu().numpy()) for t in (image, puzzle, recon)], 1))
+
+def puzzle_side(size: int, grid: int) -> int:
+    """The nearest multiple of grid to size: the side the puzzle is cut at."""
+    return max(grid, round(size / grid) * grid)
+
+
+def check_config(ssl: SSLConfig, image_size: int) -> None:
+    """One-line errors for settings that cannot work, before anything runs."""
+    if ssl.grid < 2:
+        raise ConfigError(f"grid={ssl.grid} makes no puzzle; use grid=2, 3 or 4")
+    tile = puzzle_side(image_size, ssl.grid) // ssl.grid
+    if tile < MIN_TILE:
+        raise ConfigError(f"grid={ssl.grid} at image_size={image_size} gives {tile}-px tiles; "
+                          f"use grid<={image_size // MIN_TILE} or a larger image_size")
+    if not 0 <= ssl.tile_jitter < 0.5:
+        raise ConfigError(f"tile_jitter={ssl.tile_jitter} must be in [0, 0.5) (a fraction of the tile side); try 0.1")
+    if ssl.tile_color_jitter < 0:
+        raise ConfigError(f"tile_color_jitter={ssl.tile_color_jitter} must be >= 0; try 0.4")
+    if ssl.temperature <= 0:
+        raise ConfigError(f"temperature={ssl.temperature} must be > 0; try 0.1")
+    if ssl.queue_size < 0:
+        raise ConfigError(f"queue_size={ssl.queue_size} must be >= 0 (0: in-batch negatives only)")
+    if min(ssl.reconstruction_weight, ssl.invariance_weight) < 0 or ssl.reconstruction_weight + ssl.invariance_weight == 0:
+        raise ConfigError("reconstruction_weight and invariance_weight must be >= 0 and not both 0")
+
+
+class PuzzleDataset(Dataset):
+    """(augmented image, its puzzle): the puzzle is seeded by (seed, epoch, index), so a resume replays it."""
+
+    def __init__(self, images: ImageDataset, ssl: SSLConfig, seed: int):
+        self.images, self.ssl, self.seed, self.epoch = images, ssl, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.images.transform is not None:
+            self.images.transform.set_random_seed(self.seed * 1000 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def puzzle(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Puzzles of (B, C, H, W) images at their own size (see the module docstring for sizes)."""
+        size = images.shape[-2:]
+        side = tuple(puzzle_side(s, self.ssl.grid) for s in size)
+        x = images if side == size else F.interpolate(images, size=side, mode="bilinear", align_corners=False)
+        x, _ = make_puzzle(x, self.ssl.grid, self.ssl.tile_jitter, self.ssl.tile_color_jitter, generator)
+        return x if side == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        image = self.images[index]["image"]
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
+        puzzle = self.puzzle(image[None], torch.Generator().manual_seed(seed))[0]
+        return {"image": image, "puzzle": puzzle, "index": index}
+
+
+def picture(images: torch.Tensor, puzzles: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
+    """One row per image: original | puzzle | reconstruction (uint8)."""
+    rows = [np.concatenate([denormalize(t.float().cpu().numpy()) for t in triple], 1)
+            for triple in zip(images, puzzles, reconstructions)]
     return np.concatenate(rows, 0)
 
 
-def register_encoder(tracker: Tracker, folder: Path, tags: dict[str, Any]) -> str | None:
-    """Log the encoder folder and register it as a lesion-encoder version with alias `ssl`."""
-    if not tracker.active:
-        return None
-    import mlflow
+def loss_curves(history: list[dict[str, float]]):
+    import matplotlib.pyplot as plt
+
+    import lesion.plots  # noqa: F401  (selects the headless backend)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key in METRICS:
+        ax.plot([h["epoch"] + 1 for h in history], [h[key] for h in history], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_title("pretraining losses")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def register_encoder(tracker: Tracker, folder: Path, tags: dict[str, Any]) -> str:
+    """Log folder under `encoder/`, register runs:/<run>/encoder as a lesion-encoder version, alias it `ssl`.
+
+    MLflow 3's register_model wants a logged model; a plain artifact folder is
+    registered with create_model_version, and models:/ URIs download it as is.
+    """
     from mlflow.tracking import MlflowClient
 
+    done = tracker.tags()
+    if "lesion.encoder_version" in done:  # registered before a crash: never twice
+        return done["lesion.encoder_version"]
     tracker.log_artifact(folder, "encoder")
     client = MlflowClient()
     try:
         client.create_registered_model(ENCODER)
     except Exception:  # already exists
         pass
-    # A plain artifact folder (not an MLflow model): register it by its artifact location.
-    source = f"{mlflow.get_run(tracker.run_id).info.artifact_uri}/encoder"
-    version = client.create_model_version(ENCODER, source=source, run_id=tracker.run_id,
+    version = client.create_model_version(ENCODER, source=f"runs:/{tracker.run_id}/encoder", run_id=tracker.run_id,
                                           tags={k: str(v) for k, v in tags.items()}).version
-    client.set_registered_model_alias(ENCODER, "ssl", str(version))
+    set_alias(ENCODER, "ssl", str(version))
     tracker.set_tags({"lesion.encoder_version": version})
     return str(version)
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    ssl, train = cfg.ssl, cfg.train
-    if ssl.grid < 2:
-        raise ConfigError(f"grid={ssl.grid} must be at least 2")
-    if not 0 <= ssl.tile_jitter < 0.5:
-        raise ConfigError(f"tile_jitter={ssl.tile_jitter} must be in [0, 0.5)")
+    ssl, train, seed = cfg.ssl, cfg.train, cfg.run.seed
+    check_config(ssl, resolve_image_size(cfg.data))
     accelerator = make_accelerator(train)
     main = accelerator.is_main_process
     tracker = Tracker(enabled=main)
@@ -82,96 +170,110 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     with tracker.run("pretrain", run_name, cfg.run.experiment, params=to_flat(cfg),
                      tags={"lesion.num_processes": accelerator.num_processes}):
         fresh_workdir(accelerator, tracker, workdir)
-        data = prepare_data(cfg.data, cfg.run.seed, workdir, main, accelerator.wait_for_everyone)
-        rows = [r for r in data.rows if r.split in ("train", "unlabeled")]
+        data = prepare_data(cfg.data, seed, workdir, main, accelerator.wait_for_everyone)
+        rows = [r for r in data.rows if r.split in PRETRAIN_SPLITS]
         if len(rows) < 2:
-            raise ConfigError(f"{cfg.data.data}: pretraining needs at least 2 training or unlabeled images")
+            raise DataError(f"{cfg.data.data}: pretraining needs at least 2 training or unlabeled images, found {len(rows)}")
         tracker.log_artifact(data.manifest, "data")
+        tracker.log_params({f"data.{k}": v for k, v in data.summary().items()})
         if main:
-            write_json(workdir / "plan.json", {**to_flat(cfg), "image_size": data.image_size, "images": len(rows),
-                                               "num_processes": accelerator.num_processes})
+            write_json(workdir / "plan.json", {
+                **to_flat(cfg), "image_size": data.image_size, "puzzle_side": puzzle_side(data.image_size, ssl.grid),
+                "pretrain_images": len(rows), "pretrain_splits": list(PRETRAIN_SPLITS),
+                "num_processes": accelerator.num_processes, "device": str(accelerator.device),
+                "mixed_precision": resolve_mixed_precision(train.mixed_precision),
+                "num_workers": resolve_workers(cfg.data.num_workers), "data_summary": data.summary()})
             tracker.log_artifact(workdir / "plan.json", "plan")
 
-        set_seed(cfg.run.seed, deterministic=not torch.cuda.is_available())
+        set_seed(seed, deterministic=not torch.cuda.is_available())  # the same initial weights every run
         model = JigsawAutoEncoder(ssl.encoder, ssl.projection_dim)
-        dataset = ImageDataset([r.image for r in rows], data.image_size, data.cache, cfg.data.max_pixels,
-                               transform=plain_transform(cfg.run.seed))
+        paths = [r.image for r in rows]
+        dataset = PuzzleDataset(ImageDataset(paths, data.image_size, data.cache, cfg.data.max_pixels,
+                                             transform=plain_transform(seed)), ssl, seed)
         loader = DataLoader(dataset, train.batch_size, shuffle=True, drop_last=len(dataset) > train.batch_size,
                             num_workers=resolve_workers(cfg.data.num_workers),
-                            generator=torch.Generator().manual_seed(cfg.run.seed))
+                            generator=torch.Generator().manual_seed(seed))
         optimizer = build_optimizer(model, train)
         steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes) // train.grad_accum)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train, steps_per_epoch * train.epochs,
-                                                                           steps_per_epoch))
+        total_steps = min(steps_per_epoch * train.epochs, train.max_steps or math.inf)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train, total_steps, steps_per_epoch))
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-        queue = EmbeddingQueue(ssl.queue_size, ssl.projection_dim)
+        queue = EmbeddingQueue(ssl.queue_size, ssl.projection_dim, accelerator.device)
+        accelerator.register_for_checkpointing(queue)
 
-        progress = load_checkpoint(accelerator, workdir) or {"epoch": -1, "history": []}
+        progress = load_checkpoint(accelerator, workdir) or {"epoch": -1, "step": 0, "history": []}
         history: list[dict[str, float]] = progress["history"]
-        if progress["epoch"] >= 0 and main:
-            tqdm.write(f"[lesion] resuming pretraining at epoch {progress['epoch'] + 2}")
-        for record in history:
+        step = progress["step"]
+        if history and main:
+            tqdm.write(f"[lesion] resuming pretraining at epoch {progress['epoch'] + 2} from {workdir}")
+        for record in history:  # re-log what a crash kept out of MLflow (steps already there are skipped)
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
+        # Fixed, unaugmented images and puzzles: the pictures of every epoch are comparable.
+        shown = ImageDataset(paths[:4], data.image_size, data.cache, cfg.data.max_pixels)
+        shown_images = torch.stack([shown[i]["image"] for i in range(len(shown))])
+        shown_puzzles = dataset.puzzle(shown_images, torch.Generator().manual_seed(seed))
+
         for epoch in range(progress["epoch"] + 1, train.epochs):
-            set_seed(cfg.run.seed * 1000 + epoch, deterministic=not torch.cuda.is_available())
-            generator = torch.Generator().manual_seed(cfg.run.seed * 1000 + epoch)
-            dataset.transform.set_random_seed(cfg.run.seed * 1000 + epoch)
+            if train.max_steps and step >= train.max_steps:
+                break
+            set_seed(seed * 1000 + epoch, deterministic=not torch.cuda.is_available())
+            dataset.set_epoch(epoch)
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
             model.train()
-            sums = torch.zeros(3, device=accelerator.device)
-            batches = 0
+            sums, batches = torch.zeros(3, device=accelerator.device), 0
             bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{train.epochs}", leave=False, disable=not main)
             for batch in bar:
-                images = batch["image"]
-                puzzles, _ = make_puzzle(images.cpu(), ssl.grid, ssl.tile_jitter, ssl.tile_color_jitter, generator)
-                puzzles = puzzles.to(images.device)
                 with accelerator.accumulate(model):
-                    reconstruction, z_image, z_puzzle = model(images, puzzles)
-                    rec = reconstruction_loss(reconstruction, images)
-                    inv = info_nce(z_image, z_puzzle, ssl.temperature, queue())
+                    reconstruction, z_image, z_puzzle = model(batch["image"], batch["puzzle"])
+                    rec = reconstruction_loss(reconstruction, batch["image"])
+                    inv = info_nce(z_image, z_puzzle, ssl.temperature, queue.negatives())
                     loss = ssl.reconstruction_weight * rec + ssl.invariance_weight * inv
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"pretraining loss became {loss.item()}; lower lr (now {train.lr})")
+                        raise FloatingPointError(f"pretraining loss became {loss.item()} at epoch {epoch + 1}; "
+                                                 f"lower lr (now {train.lr})")
                     accelerator.backward(loss)
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                queue.push(z_puzzle)
-                sums += torch.stack([loss.detach(), rec.detach(), inv.detach()])
+                queue.push(accelerator.gather(z_image.detach()))  # every rank keeps the same queue
+                sums += torch.stack([loss, rec, inv]).detach()
                 batches += 1
+                step += int(accelerator.sync_gradients)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
-                if train.max_steps and batches >= train.max_steps:
+                if train.max_steps and step >= train.max_steps:
                     break
             means = accelerator.reduce(sums / max(1, batches), reduction="mean").tolist()
-            record = {"epoch": epoch, "pretrain/loss": means[0], "pretrain/reconstruction": means[1],
-                      "pretrain/invariance": means[2], "train/lr": scheduler.get_last_lr()[0]}
+            record = {"epoch": epoch, **dict(zip(METRICS, means)), "train/lr": scheduler.get_last_lr()[0]}
             history.append(record)
-            save_checkpoint(accelerator, workdir, {"epoch": epoch, "history": history})
+            # Checkpoint first, then log: a crash in between re-logs on resume, never twice.
+            save_checkpoint(accelerator, workdir, {"epoch": epoch, "step": step, "history": history})
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
             if main:
                 tqdm.write(f"[lesion] pretrain epoch {epoch + 1}/{train.epochs} loss {means[0]:.4f} "
                            f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f})")
-                last = epoch == train.epochs - 1
+                last = epoch == train.epochs - 1 or bool(train.max_steps and step >= train.max_steps)
                 if last or (train.picture_every and (epoch + 1) % train.picture_every == 0):
-                    tracker.log_image(_picture(images, puzzles, reconstruction),
+                    net = accelerator.unwrap_model(model).eval()
+                    with torch.no_grad():
+                        rebuilt = net.reconstruct(shown_puzzles.to(accelerator.device))
+                    tracker.log_image(picture(shown_images, shown_puzzles, rebuilt),
                                       f"pictures/puzzles_epoch_{epoch + 1:03d}.png")
 
-        out: dict[str, Any] = {"run_id": tracker.run_id, "history": history, "workdir": str(workdir)}
-        if main:
-            from lesion.plots import learning_curves
-
-            tracker.log_figure(learning_curves(history, "pretrain"), "plots/pretrain_curves.png")
+        out: dict[str, Any] = {"run_id": tracker.run_id, "run_name": run_name, "history": history,
+                               "workdir": str(workdir), "images": len(rows)}
+        if main and history:
+            tracker.log_figure(loss_curves(history), "plots/pretrain_curves.png")
             encoder = accelerator.unwrap_model(model).encoder
             folder = save_encoder(encoder, ssl.encoder, workdir / "encoder", image_size=data.image_size,
-                                  epochs=len(history), run_id=tracker.run_id)
+                                  epochs=len(history), data=cfg.data.data, run_id=tracker.run_id)
             out["encoder_dir"] = str(folder)
-            if cfg.run.register:
+            if cfg.run.register and tracker.active:
                 out["version"] = register_encoder(tracker, folder, {
                     "encoder": ssl.encoder, "data": cfg.data.data, "image_size": data.image_size,
-                    "epochs": len(history), "parent_run": tracker.run_id, "role": "ssl"})
-                print(f"[lesion] registered lesion-encoder v{out['version']} (alias ssl); fine-tune with "
-                      f"encoder_init=models:/lesion-encoder@ssl encoder={ssl.encoder}")
+                    "epochs": len(history), "parent_run": tracker.run_id, "images": len(rows), "role": "ssl"})
+                print(f"[lesion] registered {ENCODER} v{out['version']} (alias ssl); fine-tune from it with "
+                      f"--encoder_init models:/{ENCODER}@ssl --encoder {ssl.encoder}")
             write_json(workdir / "result.json", {k: v for k, v in out.items() if k != "history"})
         accelerator.wait_for_everyone()
     return out

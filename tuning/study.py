@@ -1,0 +1,223 @@
+"""The study runner: Optuna over the student's noise and the pseudo-label filters.
+
+A trial costs one short student training, not a whole pipeline: the teacher
+and its pseudo-label probabilities are made once per study (the first worker
+makes them under a lock and records where they are in the study's user
+attributes; every other trial and worker reuses them). A trial only changes
+which pseudo-labels are kept (min_confidence), which pixels count
+(threshold), how batches mix them (pseudo_ratio) and how the student is
+noised, then reports val/jaccard every epoch so the pruner can stop it.
+
+Scale-out: start the same command on more processes or machines with the same
+`storage` (PostgreSQL) and `study`; they join it (load_if_exists). Workers on
+other machines need the output_dir on a shared file system for the teacher.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+
+from lesion.config import SelftrainConfig, TuneConfig, replace_flat, to_flat
+from lesion.data.prepare import prepare_data
+from lesion.data.splits import select, unlabelled_pool
+from lesion.errors import ConfigError
+from lesion.models.io import load_model
+from lesion.selftrain.loop import sampler_weights, stage_configs
+from lesion.selftrain.pseudo import STATS, pseudo_label, read_stats, select_pseudo_labels
+from lesion.tracking import Tracker, write_json
+from lesion.train.engine import make_accelerator
+from lesion.train.finetune import train_segmenter
+from tuning.space import SearchSpace
+
+TEACHER_ATTR = "lesion.teacher"
+
+
+def make_pruner(name: str, trial_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(1, trial_epochs))
+    return optuna.pruners.NopPruner()
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def selftrain_view(cfg: TuneConfig) -> SelftrainConfig:
+    return SelftrainConfig(data=cfg.data, model=cfg.model, train=cfg.train, noise=cfg.noise, pseudo=cfg.pseudo,
+                           run=replace(cfg.run, register=False))
+
+
+class Study:
+    """One worker of a study: its data, the shared teacher, and the objective."""
+
+    def __init__(self, cfg: TuneConfig, pruner: optuna.pruners.BasePruner | None = None,
+                 space: SearchSpace | None = None):
+        self.cfg = cfg
+        self.space = space or SearchSpace.from_json(cfg.tune.space)
+        self.base = selftrain_view(cfg)
+        self.accelerator = make_accelerator(cfg.train)
+        self.tracker = Tracker(enabled=self.accelerator.is_main_process)
+        self.workdir = Path(cfg.run.output_dir) / "tune" / cfg.tune.study
+        try:
+            self.study = optuna.create_study(
+                study_name=cfg.tune.study, storage=cfg.tune.storage, direction="maximize", load_if_exists=True,
+                sampler=optuna.samplers.TPESampler(seed=cfg.tune.sampler_seed),
+                pruner=pruner or make_pruner(cfg.tune.pruner, cfg.tune.trial_epochs))
+        except (ImportError, ModuleNotFoundError) as err:
+            raise ConfigError(f"storage {cfg.tune.storage!r} needs a database driver ({err.name}); "
+                              "pip install psycopg2-binary for PostgreSQL") from None
+        except Exception as err:  # SQLAlchemy's many connection errors: the user needs one line
+            if "sqlalchemy" not in type(err).__module__ and "optuna" not in type(err).__module__:
+                raise
+            raise ConfigError(f"cannot open Optuna storage {cfg.tune.storage!r}: {str(err).splitlines()[0]}; "
+                              "check the URL, the server and the database") from None
+
+    # ------------------------------------------------------------------ the teacher, once per study
+    def teacher(self, data) -> dict[str, Any]:
+        with file_lock(self.workdir / ".teacher.lock"):
+            info = self.study.user_attrs.get(TEACHER_ATTR)
+            if info and (Path(info["pseudo_folder"]) / STATS).is_file():
+                return info
+            teacher_cfg, _ = stage_configs(self.base)
+            folder = self.workdir / "teacher"
+            shutil.rmtree(folder, ignore_errors=True)
+            with self.tracker.run("tune", self.cfg.tune.study, params=to_flat(teacher_cfg), nested=True,
+                                  stage="teacher"):
+                stage = train_segmenter(teacher_cfg, self.accelerator, self.tracker, folder, "teacher", data)
+                model, _ = load_model(str(stage.fit.best_dir))
+                model.to(self.accelerator.device)
+                pseudo_label(model, unlabelled_pool(data.rows), data.cache, self.accelerator, folder / "pseudo",
+                             self.cfg.train.batch_size, self.cfg.pseudo.tta)
+                info = {"best_dir": str(stage.fit.best_dir), "pseudo_folder": str(folder / "pseudo"),
+                        "val_jaccard": stage.fit.best_score, "run_id": self.tracker.run_id}
+            self.study.set_user_attr(TEACHER_ATTR, info)
+            return info
+
+    # ------------------------------------------------------------------ one trial
+    def objective(self, trial: optuna.Trial, data, stats) -> float:
+        params = self.space.suggest(trial)
+        cfg = replace_flat(self.base, **params)
+        _, student_cfg = stage_configs(cfg)
+        student_cfg = replace(student_cfg, train=replace(student_cfg.train, epochs=self.cfg.tune.trial_epochs))
+        selection = select_pseudo_labels(stats, cfg.pseudo.min_confidence, cfg.pseudo.min_area)
+        if not selection.kept:
+            raise optuna.TrialPruned(f"min_confidence={cfg.pseudo.min_confidence:.3f} keeps no pseudo-label")
+        labelled = select(data.rows, "train", labelled=True)
+        by_id = {r.id: r for r in unlabelled_pool(data.rows)}
+        pseudo_rows = [by_id[s.id] for s in selection.kept]
+        folder = self.workdir / f"trial-{trial.number}"
+
+        def report(epoch: int, record: dict[str, float]) -> None:
+            trial.report(record["val/jaccard"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"val/jaccard {record['val/jaccard']:.4f} at epoch {epoch + 1}")
+
+        pruned: optuna.TrialPruned | None = None
+        with self.tracker.run("tune", self.cfg.tune.study, params={**params, "trial": trial.number,
+                                                                   "kept_pseudo_labels": len(pseudo_rows)},
+                              nested=True, stage=f"trial{trial.number}"):
+            try:
+                stage = train_segmenter(
+                    student_cfg, self.accelerator, self.tracker, folder, "student", data,
+                    train_rows=labelled + pseudo_rows, pseudo={s.id: s.file for s in selection.kept},
+                    pseudo_threshold=cfg.pseudo.threshold,
+                    sampler_weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio),
+                    epoch_callback=report)
+            except optuna.TrialPruned as err:
+                pruned = err
+                self.tracker.set_tags({"lesion.trial_state": "PRUNED", "lesion.trial_note": str(err)})
+            else:
+                self.tracker.set_tags({"lesion.trial_state": "COMPLETE"})
+                self.tracker.log_metrics({"trial/value": stage.fit.best_score}, step=trial.number)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)  # trials keep their numbers in MLflow, not weights
+        if pruned is not None:
+            raise pruned
+        return stage.fit.best_score
+
+    # ------------------------------------------------------------------ the worker
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        with self.tracker.run("tune", cfg.tune.study, cfg.run.experiment, params=to_flat(cfg),
+                              tags={"lesion.study": cfg.tune.study, "lesion.storage": _safe_url(cfg.tune.storage)}):
+            worker_dir = self.workdir / f"worker-{os.getpid()}"
+            data = prepare_data(cfg.data, cfg.run.seed, worker_dir, self.accelerator.is_main_process,
+                                self.accelerator.wait_for_everyone)
+            if not unlabelled_pool(data.rows):
+                raise ConfigError(f"{cfg.data.data}: no unlabelled images; lower label_fraction or pass unlabeled=FOLDER")
+            teacher = self.teacher(data)
+            stats = read_stats(teacher["pseudo_folder"])
+            self.tracker.set_tags({"lesion.teacher_run": teacher["run_id"]})
+            self.study.optimize(lambda t: self.objective(t, data, stats), n_trials=cfg.tune.n_trials,
+                                timeout=cfg.tune.timeout or None, catch=(Exception,), gc_after_trial=True)
+            out = self.summarize()
+            shutil.rmtree(worker_dir, ignore_errors=True)
+        return out
+
+    def summarize(self) -> dict[str, Any]:
+        trials = self.study.get_trials(deepcopy=False)
+        states = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+        out: dict[str, Any] = {"study": self.cfg.tune.study, "trials": len(trials),
+                               "states": {k: v for k, v in states.items() if v}, "run_id": self.tracker.run_id}
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if complete:
+            best = self.study.best_trial
+            out.update(best_value=best.value, best_trial=best.number, params=best.params)
+            path = write_json(self.workdir / "best_params.json", {"study": self.cfg.tune.study, "value": best.value,
+                                                                  "trial": best.number, "params": best.params})
+            self.tracker.log_artifact(path, "tune")
+            self.tracker.log_metrics({"tune/best_value": best.value}, step=len(trials))
+            print(f"[lesion] best val/jaccard {best.value:.4f} (trial {best.number}); "
+                  f"apply with: mlflow run . -e selftrain -P params={path}")
+        self._plots()
+        print(f"[lesion] study {self.cfg.tune.study}: {out['states']}")
+        return out
+
+    def _plots(self) -> None:
+        if not self.tracker.active:
+            return
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as ov
+
+        for name, plot in (("optimization_history", ov.plot_optimization_history),
+                           ("param_importances", ov.plot_param_importances), ("slice", ov.plot_slice),
+                           ("contour", ov.plot_contour), ("intermediate_values", ov.plot_intermediate_values)):
+            try:
+                axes = plot(self.study)
+            except Exception as err:  # too few finished trials for this plot yet
+                self.tracker.log_text(f"{name}: not drawn ({err})\n", f"tune/plots/{name}.txt")
+                continue
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+            figure.set_size_inches(10, 6)
+            self.tracker.log_figure(figure, f"tune/plots/{name}.png")
+            plt.close("all")
+
+
+def _safe_url(url: str) -> str:
+    """The storage URL without its password, for tags."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def run_tune(cfg: TuneConfig) -> dict[str, Any]:
+    return Study(cfg).run()
+

@@ -108,13 +108,16 @@ def test_resize_probabilities_known_pattern_and_round_trip():
 
 
 def test_score_image_resizes_a_low_res_prediction_to_the_truth_size():
-    prob = torch.zeros(8, 8)
-    prob[2:6, 2:6] = 1
-    truth = np.zeros((32, 48), bool)
-    truth[8:24, 12:36] = True  # the same block at x4 / x6: bilinear crosses 0.5 exactly at its edges
-    assert score_image(prob, truth).tolist() == [16 * 24, 0, 0, 32 * 48 - 16 * 24]
-    assert score_image(prob.numpy() > 0.5, truth).tolist() == [16 * 24, 0, 0, 32 * 48 - 16 * 24]  # low-res bool
-    assert score_image(prob.numpy() > 0.5, np.zeros((8, 8), bool)).tolist() == [0, 16, 0, 48]  # same size
+    # Bands, not a block: bilinear is separable, so a block's corners would dip below 0.5.
+    for axis, scale in ((0, 4), (1, 6)):
+        prob = torch.zeros(8, 8)
+        truth = np.zeros((32, 48), bool)
+        prob.narrow(axis, 2, 4).fill_(1)
+        truth[(slice(None),) * axis + (slice(2 * scale, 6 * scale),)] = True  # bilinear crosses 0.5 at its edges
+        band = int(truth.sum())
+        assert score_image(prob, truth).tolist() == [band, 0, 0, 32 * 48 - band]
+        assert score_image(prob.numpy() > 0.5, truth).tolist() == [band, 0, 0, 32 * 48 - band]  # low-res bool
+    assert score_image(prob.numpy() > 0.5, np.zeros((8, 8), bool)).tolist() == [0, 32, 0, 32]  # same size
 
 
 def test_score_image_threshold_is_inclusive_and_ints_are_refused():
@@ -147,7 +150,8 @@ def write_pairs(tmp_path: Path, n: int = 12) -> tuple[Path, Path]:
     pred_dir.mkdir()
     for i in range(n):
         h, w = int(rng.integers(24, 80)), int(rng.integers(30, 110))
-        cy, cx, r, aspect = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w, rng.uniform(0.15, 0.4) * min(h, w), rng.uniform(0.7, 1.4)
+        cy, cx = rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w
+        r, aspect = rng.uniform(0.15, 0.4) * min(h, w), rng.uniform(0.7, 1.4)
         truth = blob(h, w, cy, cx, r, aspect)
         # a jittered copy of the truth: jaccard from about 0.3 to 0.95, on both sides of 0.65
         jitter = rng.uniform(0, 0.5) * r
@@ -167,7 +171,8 @@ def write_pairs(tmp_path: Path, n: int = 12) -> tuple[Path, Path]:
             truth_name = f"ISIC_{i:07d}_Segmentation.png"  # 2016 naming
         elif i == 6:
             # non-binary values: > 128 is lesion, so 128 is background and 129 lesion
-            pred = np.where(pred, rng.choice([129, 200, 255], pred.shape), rng.choice([0, 60, 128], pred.shape)).astype(np.uint8)
+            pred = np.where(pred, rng.choice([129, 200, 255], pred.shape), rng.choice([0, 60, 128], pred.shape))
+            pred = pred.astype(np.uint8)
             truth = np.where(truth, 255, 128).astype(np.uint8)
         save(truth_dir / truth_name, truth)
         save(pred_dir / f"ISIC_{i:07d}_segmentation.png", pred, mode="1" if i == 7 else "L")

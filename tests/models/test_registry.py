@@ -64,3 +64,17 @@ def test_mismatched_encoder_names_both(tmp_path):
 def test_missing_model_folder_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="no such model folder"):
         load_model(str(tmp_path / "nope"))
+
+
+def test_continue_from_a_fine_tuned_segmenter(tmp_path):
+    trained = build_model(ModelConfig(arch="unet"))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(1.0)
+    save_model(trained, tmp_path / "seg", image_size=64)
+    same_arch = build_model(ModelConfig(arch="unet"))
+    assert init_encoder(same_arch, str(tmp_path / "seg"))["loaded"] == "segmenter"
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in same_arch.state_dict().items())
+    other_arch = build_model(ModelConfig(arch="deeplabv3plus"))
+    assert init_encoder(other_arch, str(tmp_path / "seg"))["loaded"] == "encoder"
+    assert all(torch.equal(v, trained.encoder.state_dict()[k]) for k, v in other_arch.encoder.state_dict().items())

@@ -40,6 +40,8 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
     "selftrain": EntryPoint(C.SelftrainConfig, "lesion.selftrain.loop:run_selftrain",
                             "Noisy Student: teacher on labelled data, pseudo-labels for the unlabelled pool, "
                             "noised students, repeated."),
+    "export": EntryPoint(C.ExportConfig, "lesion.export:run_export",
+                         "Write a model to ONNX (dynamic batch and size), checked against torch with ONNX Runtime."),
     "tune": EntryPoint(C.TuneConfig, "tuning.study:run_tune",
                        "Optuna study over noise augmentation, dropout and pseudo-label thresholds (teacher trained once)."),
 }

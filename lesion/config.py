@@ -133,7 +133,7 @@ class EvaluateConfig:
 
 @dataclass
 class PredictConfig:
-    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
+    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/), a local model folder, or an exported .onnx file.")
     input: str = param("", "An image file or a folder of images.")
     out: str = param("predictions", "Output folder for <id>_segmentation.png masks and <id>_overlay.png pictures.")
     image_size: int = param(0, "Inference resolution (0: the model's training resolution).")
@@ -225,6 +225,15 @@ class TuneConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     tune: StudyConfig = field(default_factory=StudyConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class ExportConfig:
+    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
+    out: str = param("", "ONNX file to write (default: outputs/export/<model>.onnx).")
+    opset: int = param(17, "ONNX opset.")
+    check_images: int = param(4, "Sample images (at several sizes) on which ONNX Runtime must match torch.")
+    tolerance: float = param(1e-4, "Largest allowed absolute difference of probabilities.")
 
 
 # --------------------------------------------------------------------------- flat view

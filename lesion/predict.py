@@ -67,9 +67,15 @@ def _collate(items: list[dict]) -> dict[str, Any]:
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     images = list_images(cfg.input)
-    model, meta = load_model(cfg.model, map_location=str(device))
-    model.to(device)
-    size = cfg.image_size or int(meta["image_size"])
+    if cfg.model.endswith(".onnx"):
+        from lesion.export import OnnxSegmenter
+
+        model, device = OnnxSegmenter(cfg.model), torch.device("cpu")
+        size = cfg.image_size or model.image_size
+    else:
+        model, meta = load_model(cfg.model, map_location=str(device))
+        model.to(device)
+        size = cfg.image_size or int(meta["image_size"])
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ds = _SafeImages([str(p) for p in images], size, None, cfg.max_pixels, skip_bad=cfg.skip_bad)

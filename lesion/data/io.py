@@ -3,7 +3,7 @@
 Every problem is a one-line DataError naming the file and the fix. Images
 come back as (H, W, 3) uint8 RGB with EXIF orientation applied, whatever
 their mode (grayscale, RGBA, CMYK, 16-bit, palette); masks come back as
-(H, W) bool thresholded at 128, with a count of the pixels that were not
+(H, W) bool thresholded at 128 (> 128 is lesion, like the official scorer), with a count of the pixels that were not
 cleanly binary (JPEG-compressed masks).
 """
 
@@ -72,7 +72,7 @@ def read_image(path: str | Path, max_pixels: int) -> np.ndarray:
 
 
 def read_mask(path: str | Path, max_pixels: int) -> tuple[np.ndarray, int]:
-    """((H, W) bool with >= 128 as lesion, count of pixels that were neither near 0 nor near 255)."""
+    """((H, W) bool, > 128 is lesion as in the official ISIC scorer; count of pixels that were not 0 or 255)."""
     with _open(path, max_pixels, "mask") as raw:
         img = _to_uint8(_decode(raw, path, "mask"))
         if img.mode == "P":
@@ -80,7 +80,7 @@ def read_mask(path: str | Path, max_pixels: int) -> tuple[np.ndarray, int]:
         array = np.asarray(img.convert("L") if img.mode not in ("L", "1") else img)
     array = array.astype(np.uint8) * 255 if array.dtype == bool else array
     nonbinary = int(np.count_nonzero((array > 0) & (array < 255)))
-    return array >= 128, nonbinary
+    return array > 128, nonbinary
 
 
 def read_size(path: str | Path, max_pixels: int) -> tuple[int, int]:

@@ -42,6 +42,10 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
                             "noised students, repeated."),
     "export": EntryPoint(C.ExportConfig, "lesion.export:run_export",
                          "Write a model to ONNX (dynamic batch and size), checked against torch with ONNX Runtime."),
+    "report": EntryPoint(C.ReportConfig, "lesion.report:run_report",
+                         "Label-efficiency report from the tracking store: table, curves, gains, worst cases."),
+    "sweep": EntryPoint(C.SweepConfig, "lesion.report:run_sweep",
+                        "Run supervised / SSL-init / self-training at several label fractions, then the report."),
     "tune": EntryPoint(C.TuneConfig, "tuning.study:run_tune",
                        "Optuna study over noise augmentation, dropout and pseudo-label thresholds (teacher trained once)."),
 }

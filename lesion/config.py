@@ -236,6 +236,26 @@ class ExportConfig:
     tolerance: float = param(1e-4, "Largest allowed absolute difference of probabilities.")
 
 
+@dataclass
+class ReportConfig:
+    experiment: str = param("", "Experiments to report on, comma-separated (default: every lesion experiment).")
+    runs: str = param("", "Or: run ids, comma-separated (finetune or selftrain runs).")
+    gallery: int = param(6, "Worst-segmented validation images of the champion to show (0: none).")
+    out: str = param("outputs/report", "Folder for report.html, the figures and the CSV table.")
+
+
+@dataclass
+class SweepConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    label_fractions: str = param("0.1,0.25,1.0", "Label fractions to compare, comma-separated.")
+    methods: str = param("supervised,ssl,selftrain", "Methods: supervised (random init), ssl (SSL init), selftrain.")
+    ssl_epochs: int = param(5, "Pretraining epochs for the ssl method (one encoder for every fraction).")
+    run: RunConfig = field(default_factory=lambda: RunConfig(experiment="lesion-sweep"))
+
+
 # --------------------------------------------------------------------------- flat view
 
 

@@ -101,7 +101,9 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
                         "arch": cfg.model.arch, "encoder": cfg.model.encoder, **(extra_tags or {})}
                 version = register(model_uri, SEGMENTER, tags)
                 tracker.set_tags({"lesion.model_version": version})
-        tracker.log_metrics({"best/val_jaccard": result.best_score}, step=max(0, result.best_epoch))
+        best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
+        tracker.log_metrics({"best/val_jaccard": result.best_score, "best/val_dice": best["val/dice"]},
+                            step=max(0, result.best_epoch))
     return StageResult(result, model_uri, version, data)
 
 

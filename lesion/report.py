@@ -1,0 +1,246 @@
+"""The label-efficiency report, built from the tracking store, and the sweep that feeds it.
+
+For every finetune run and every self-training stage it reads the label
+fraction and the best validation Jaccard/Dice, then draws what users of
+label-efficient methods compare: metric against label fraction, one line per
+method (supervised from random init, from SSL init, self-trained teacher,
+student, student*), the gain of each student over its teacher, and a gallery
+of the champion's worst-segmented validation images. Everything is logged to
+a `report` run (PNG figures, a CSV table and an HTML page) and the table is
+printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from lesion.config import (DataConfig, FinetuneConfig, NoiseConfig, PretrainConfig, ReportConfig, SelftrainConfig,
+                           SweepConfig, SSLConfig)
+from lesion.errors import ConfigError
+from lesion.tracking import SEGMENTER, TAG_ENTRY, TAG_STAGE, Tracker, alias_version, configure_tracking
+
+METHOD_ORDER = ["supervised (random init)", "supervised (ImageNet init)", "supervised (SSL init)",
+                "self-trained teacher", "student", "student*", "student**"]
+
+
+def _method(run) -> str | None:
+    tags, params = run.data.tags, run.data.params
+    entry, stage = tags.get(TAG_ENTRY), tags.get(TAG_STAGE, "")
+    if entry == "finetune":
+        init = params.get("encoder_init", "random")
+        return {"random": "supervised (random init)", "imagenet": "supervised (ImageNet init)"}.get(
+            init, "supervised (SSL init)")
+    if entry == "selftrain" and stage == "teacher":
+        return "self-trained teacher"
+    if entry == "selftrain" and stage.startswith("student"):
+        return "student" + "*" * (int(stage.removeprefix("student")) - 1)
+    return None
+
+
+def collect(client, runs: list) -> list[dict[str, Any]]:
+    """One row per scored run: method, label fraction, metrics, and its selftrain parent (for gains)."""
+    rows = []
+    for run in runs:
+        method = _method(run)
+        metrics = run.data.metrics
+        if method is None or "best/val_jaccard" not in metrics:
+            continue
+        params = run.data.params
+        fraction = params.get("label_fraction")
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if fraction is None and parent:
+            fraction = client.get_run(parent).data.params.get("label_fraction")
+        rows.append({"method": method, "label_fraction": float(fraction or 1.0), "run_id": run.info.run_id,
+                     "parent": parent or "", "val_jaccard": metrics["best/val_jaccard"],
+                     "val_dice": metrics.get("best/val_dice", float("nan")), "data": params.get("data", "")})
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean over repeated runs of the same (method, label fraction)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["method"], r["label_fraction"])].append(r)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    table = [{"method": m, "label_fraction": f, "runs": len(g),
+              "val_jaccard": float(np.mean([r["val_jaccard"] for r in g])),
+              "val_dice": float(np.nanmean([r["val_dice"] for r in g]))} for (m, f), g in groups.items()]
+    return sorted(table, key=lambda t: (order.get(t["method"], 99), t["label_fraction"]))
+
+
+def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each student's val Jaccard minus its own teacher's (same selftrain run)."""
+    by_parent: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        if r["parent"]:
+            by_parent[r["parent"]][r["method"]] = r
+    out = []
+    for stages in by_parent.values():
+        teacher = stages.get("self-trained teacher")
+        for name, r in stages.items():
+            if teacher and name.startswith("student"):
+                out.append({"stage": name, "label_fraction": r["label_fraction"],
+                            "gain_jaccard": r["val_jaccard"] - teacher["val_jaccard"],
+                            "gain_dice": r["val_dice"] - teacher["val_dice"]})
+    return sorted(out, key=lambda g: (g["label_fraction"], g["stage"]))
+
+
+def curves_figure(table: list[dict[str, Any]]) -> plt.Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "val_jaccard", "validation Jaccard"), (axes[1], "val_dice", "validation Dice")):
+        for method in [m for m in METHOD_ORDER if any(t["method"] == m for t in table)]:
+            points = sorted((t["label_fraction"], t[key]) for t in table if t["method"] == method)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("label fraction")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("label efficiency")
+    fig.tight_layout()
+    return fig
+
+
+def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
+    """The champion's worst validation images (by Jaccard at original resolution) as overlays."""
+    from lesion.data.prepare import prepare_data
+    from lesion.data.splits import select
+    from lesion.inference import predict_images
+    from lesion.metrics import per_image_scores, score_image
+    from lesion.models.io import load_model
+    from lesion.plots import overlay_grid
+
+    champion = alias_version(SEGMENTER, "champion")
+    if champion is None or count <= 0:
+        return None, []
+    model, meta = load_model(f"models:/{SEGMENTER}@champion")
+    data_spec = champion.tags.get("data", "synthetic")
+    data = prepare_data(DataConfig(data=data_spec, image_size=int(meta["image_size"])), 0,
+                        Path("outputs") / "report" / "data", progress=False)
+    rows = select(data.rows, "val", labelled=True)
+    images = [data.cache.load(r.image, r.mask).image for r in rows]
+    probs = predict_images(model, images, data.image_size)
+    scores = [per_image_scores(score_image(p, data.cache.original_mask(r.image, r.mask)))["jaccard"][0]
+              for p, r in zip(probs, rows)]
+    worst = np.argsort(scores)[:count]
+    picture = overlay_grid([images[i] for i in worst], [data.cache.load(rows[i].image, rows[i].mask).mask.astype(bool)
+                                                        for i in worst], [probs[i] >= 0.5 for i in worst],
+                           titles=[f"{rows[i].id} J={scores[i]:.2f}" for i in worst])
+    return picture, [{"id": rows[i].id, "jaccard": float(scores[i])} for i in worst]
+
+
+def _img_tag(path: Path) -> str:
+    return f'<img src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}" style="max-width:100%">'
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{v:.4f}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>"
+                                    for v in r.values()) + "</tr>" for r in rows)
+    return f"<table border=1 cellpadding=4 style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    lines = ["| method | label fraction | runs | val/jaccard | val/dice |", "|---|---|---|---|---|"]
+    lines += [f"| {t['method']} | {t['label_fraction']:g} | {t['runs']} | {t['val_jaccard']:.4f} | {t['val_dice']:.4f} |"
+              for t in table]
+    return "\n".join(lines)
+
+
+def run_report(cfg: ReportConfig) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    configure_tracking()
+    client = MlflowClient()
+    if cfg.runs:
+        runs = [client.get_run(r.strip()) for r in cfg.runs.split(",") if r.strip()]
+        children = [c for r in runs for c in client.search_runs([r.info.experiment_id],
+                                                                f"tags.`mlflow.parentRunId` = '{r.info.run_id}'")]
+        runs += children
+    else:
+        names = [n.strip() for n in cfg.experiment.split(",") if n.strip()]
+        experiments = [e for e in client.search_experiments() if not names or e.name in names]
+        if names and not experiments:
+            raise ConfigError(f"experiment(s) {names} not found in {client._tracking_client.tracking_uri}; "
+                              "see `mlflow ui` for the names")
+        runs = client.search_runs([e.experiment_id for e in experiments], max_results=5000)
+    rows = collect(client, runs)
+    if not rows:
+        raise ConfigError("no finetune or selftrain runs with validation scores found; run some first "
+                          "(mlflow run . -e sweep)")
+    table, stage_gains = summarize(rows), gains(rows)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "label_efficiency.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    fig = curves_figure(table)
+    fig.savefig(out / "label_efficiency.png", dpi=110)
+    plt.close(fig)
+    gallery, worst = worst_gallery(cfg.gallery)
+    if gallery is not None:
+        plt.imsave(out / "champion_worst.png", gallery)
+    page = ["<html><head><meta charset='utf-8'><title>lesion: label-efficiency report</title></head>",
+            "<body style='font-family:sans-serif;max-width:1100px;margin:auto'>",
+            "<h1>Label-efficiency report</h1>", "<h2>Validation scores by method and label fraction</h2>",
+            _html_table(table), _img_tag(out / "label_efficiency.png"),
+            "<h2>Gain of each student over its teacher</h2>", _html_table(stage_gains)]
+    if gallery is not None:
+        page += ["<h2>The champion's worst validation images</h2>",
+                 "<p>green: ground truth, red: prediction</p>", _img_tag(out / "champion_worst.png")]
+    (out / "report.html").write_text("\n".join(page + ["</body></html>"]))
+    tracker = Tracker()
+    with tracker.run("report", experiment=cfg.experiment.split(",")[0] if cfg.experiment else "lesion-report",
+                     params={"experiment": cfg.experiment, "runs": cfg.runs, "scored_runs": len(rows)}):
+        tracker.log_artifact(out, "report")
+    print(format_table(table))
+    for g in stage_gains:
+        print(f"gain of {g['stage']} over its teacher at {g['label_fraction']:g}: "
+              f"{g['gain_jaccard']:+.4f} Jaccard, {g['gain_dice']:+.4f} Dice")
+    print(f"[lesion] report: {out / 'report.html'}")
+    return {"table": table, "gains": stage_gains, "worst": worst, "out": str(out), "run_id": tracker.run_id}
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """The comparison the report is for: each method at each label fraction, in one experiment."""
+    from lesion.selftrain.loop import run_selftrain
+    from lesion.ssl.pretrain import run_pretrain
+    from lesion.train.finetune import run_finetune
+
+    fractions = [float(f) for f in cfg.label_fractions.split(",") if f.strip()]
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    unknown = set(methods) - {"supervised", "ssl", "selftrain"}
+    if unknown or not fractions:
+        raise ConfigError(f"methods {sorted(unknown)} unknown or no label_fractions; use supervised, ssl, selftrain")
+    prefix = cfg.run.run_name or "sweep"
+    encoder = ""
+    if "ssl" in methods:
+        pre = run_pretrain(PretrainConfig(data=cfg.data, ssl=SSLConfig(encoder=cfg.model.encoder),
+                                          train=replace(cfg.train, epochs=cfg.ssl_epochs),
+                                          run=replace(cfg.run, run_name=f"{prefix}-ssl")))
+        encoder = pre.get("encoder_dir", "")
+    for fraction in fractions:
+        data = replace(cfg.data, label_fraction=fraction)
+        tag = f"{prefix}-{fraction:g}"
+        if "supervised" in methods:
+            run_finetune(FinetuneConfig(data=data, model=cfg.model, train=cfg.train, noise=NoiseConfig(),
+                                        run=replace(cfg.run, run_name=f"{tag}-random")))
+        if "ssl" in methods:
+            run_finetune(FinetuneConfig(data=data, model=replace(cfg.model, encoder_init=encoder), train=cfg.train,
+                                        noise=NoiseConfig(), run=replace(cfg.run, run_name=f"{tag}-ssl-init")))
+        if "selftrain" in methods and fraction < 1.0:
+            run_selftrain(SelftrainConfig(data=data, model=cfg.model, train=cfg.train, pseudo=cfg.pseudo,
+                                          run=replace(cfg.run, run_name=f"{tag}-selftrain")))
+    return run_report(ReportConfig(experiment=cfg.run.experiment))

@@ -1,135 +1,206 @@
-"""`lesion data inspect DATA`: what is in a data set, and every problem with it, before any training.
+"""`lesion data inspect DATA`: what a data set holds, and every problem with it, before any training.
 
-Every file is decoded once (two threads). Errors make the data unusable
-(exit 1) unless skip_bad is set and usable pairs remain; warnings and notes
-are reported but do not stop a run.
+Every file is decoded once, in two threads (headers are read again for the
+mode and EXIF notes, which costs nothing). Problems come in four levels, one
+line each: errors (the data cannot be used as it is), bad files (errors that
+skip_bad turns into skips), warnings and notes (reported, never blocking).
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
-from lesion.data.io import load_pair
+from lesion.data.io import LESION_ABOVE, load_pair, read_header
 from lesion.data.sources import Record, default_cache_dir, discover, discover_unlabeled
 from lesion.errors import DataError
 
-ODD_MODES = {"L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA", "CMYK": "CMYK", "P": "palette",
-             "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit", "1": "1-bit"}
+MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "1": "1-bit", "P": "palette", "PA": "palette+alpha",
+              "RGBA": "RGBA", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV",
+              "I;16": "16-bit", "I;16L": "16-bit", "I;16B": "16-bit", "I;16N": "16-bit", "I": "32-bit", "F": "float"}
+GROUPS = {"train": "train", "val": "val", "test": "test", None: "(no split)", "pool": "unlabeled pool"}
+EXAMPLES = 3
 
 
 @dataclass
 class InspectReport:
     data: str
-    layout: str
+    layout: str                     # the detected format
     root: str
-    counts: Counter = field(default_factory=Counter)  # (split, "labelled"|"unlabelled") -> n
-    sizes: list[tuple[int, int]] = field(default_factory=list)
-    areas: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    skip_bad: bool = False
+    # (split, None when the source has none, or "pool"; "labelled" | "unlabelled") -> usable images
+    counts: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)   # (H, W) -> images
+    areas: list[float] = field(default_factory=list)  # lesion fraction of each usable mask
+    errors: list[str] = field(default_factory=list)   # the data cannot be used, skip_bad or not
+    bad: list[str] = field(default_factory=list)      # unusable files or pairs: errors, or skips with skip_bad
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    skip_bad: bool = False
-    usable: int = 0
+    images: int = 0                 # files decoded
+    masks: int = 0
+    seconds: float = 0.0
+
+    @property
+    def usable(self) -> int:
+        return sum(self.counts.values())
 
     @property
     def ok(self) -> bool:
-        return self.usable > 0 and (not self.errors or self.skip_bad)
+        return self.usable > 0 and not self.errors and (self.skip_bad or not self.bad)
 
     def format(self) -> str:
-        lines = [f"data: {self.data}", f"format: {self.layout}  root: {self.root}", "", "split       labelled  unlabelled"]
-        for split in ("train", "val", "test", "unlabeled"):
-            lab, unl = self.counts[(split, "labelled")], self.counts[(split, "unlabelled")]
-            if lab or unl:
-                lines.append(f"{split:10s}  {lab:8d}  {unl:10d}")
-        if self.sizes:
-            hs, ws = zip(*self.sizes)
-            pixels = [h * w for h, w in self.sizes]
-            small, large = self.sizes[int(np.argmin(pixels))], self.sizes[int(np.argmax(pixels))]
-            lines += ["", f"image sizes (HxW): {small[0]}x{small[1]} .. {large[0]}x{large[1]}, "
-                      f"{len(set(self.sizes))} distinct; heights {min(hs)}..{max(hs)}, widths {min(ws)}..{max(ws)}"]
-        if self.areas:
-            a = np.array(self.areas)
-            q = np.percentile(a, [0, 5, 50, 95, 100])
-            lines += ["", "lesion area (fraction of image): "
-                      f"min {q[0]:.3f}  p5 {q[1]:.3f}  median {q[2]:.3f}  p95 {q[3]:.3f}  max {q[4]:.3f}"]
-            hist, edges = np.histogram(a, bins=10, range=(0, 1))
-            for n, lo in zip(hist, edges[:-1]):
-                lines.append(f"  {lo:.1f}-{lo + 0.1:.1f} {'#' * int(round(40 * n / max(1, hist.max()))):40s} {n}")
-        for title, items in (("errors", self.errors), ("warnings", self.warnings), ("notes", self.notes)):
-            if items:
-                lines += ["", f"{title} ({len(items)}):"] + [f"  - {item}" for item in items]
-        verdict = "usable" if self.ok else "NOT usable"
-        extra = f" ({len(self.errors)} bad file(s) will be skipped)" if self.errors and self.skip_bad else ""
-        lines += ["", f"verdict: {verdict}: {self.usable} usable image(s){extra}"]
+        lines = [f"data: {self.data}", f"format: {self.layout}   root: {self.root}",
+                 f"checked {self.images} images and {self.masks} masks in {self.seconds:.1f} s", "",
+                 f"{'split':16s}{'labelled':>10s}{'unlabelled':>12s}"]
+        for group, name in GROUPS.items():
+            labelled, unlabelled = self.counts[(group, "labelled")], self.counts[(group, "unlabelled")]
+            if labelled or unlabelled:
+                lines.append(f"{name:16s}{labelled:10d}{unlabelled:12d}")
+        total = sum(n for (_, kind), n in self.counts.items() if kind == "labelled")
+        lines.append(f"{'total':16s}{total:10d}{self.usable - total:12d}")
+        lines += self._sizes() + self._areas()
+        rows = ([("ERROR", e) for e in self.errors] + [("SKIPPED" if self.skip_bad else "ERROR", b) for b in self.bad]
+                + [("WARNING", w) for w in self.warnings] + [("NOTE", n) for n in self.notes])
+        lines += ["", f"problems ({len(rows)}):" if rows else "problems: none"]
+        lines += [f"  {level:8s}{text}" for level, text in rows]
+        lines += ["", self._verdict()]
         return "\n".join(lines)
 
+    def _sizes(self) -> list[str]:
+        if not self.sizes:
+            return []
+        by_pixels = sorted(self.sizes, key=lambda hw: (hw[0] * hw[1], hw))
+        heights, widths = [h for h, _ in self.sizes], [w for _, w in self.sizes]
+        (h0, w0), (h1, w1) = by_pixels[0], by_pixels[-1]
+        return ["", f"image size (HxW): {h0}x{w0} .. {h1}x{w1} (fewest .. most pixels); "
+                    f"heights {min(heights)}..{max(heights)}, widths {min(widths)}..{max(widths)}; "
+                    f"{len(self.sizes)} distinct size(s)"]
 
-def _header_notes(path: str) -> tuple[str | None, bool]:
+    def _areas(self) -> list[str]:
+        if not self.areas:
+            return []
+        q = np.percentile(self.areas, [0, 5, 50, 95, 100])
+        lines = ["", f"lesion area (fraction of the image, {len(self.areas)} masks): min {q[0]:.3f}  p5 {q[1]:.3f}  "
+                     f"median {q[2]:.3f}  p95 {q[3]:.3f}  max {q[4]:.3f}"]
+        hist, edges = np.histogram(self.areas, bins=10, range=(0.0, 1.0))
+        for n, low, high in zip(hist, edges[:-1], edges[1:]):
+            lines.append(f"  {low:.1f}-{high:.1f} |{'#' * int(np.ceil(40 * n / hist.max())):40s} {n}")
+        return lines
+
+    def _verdict(self) -> str:
+        if self.ok:
+            skipped = f"; {len(self.bad)} bad file(s) or pair(s) will be skipped" if self.bad else ""
+            return f"verdict: usable: {self.usable} image(s){skipped}"
+        if self.errors:
+            return f"verdict: NOT usable: {len(self.errors)} error(s) to fix (skip_bad does not help with them)"
+        if self.bad and not self.skip_bad:
+            return (f"verdict: NOT usable: {len(self.bad)} bad file(s) or pair(s); fix them, or pass --skip_bad "
+                    f"(skip_bad=true in a run) to leave them out")
+        return "verdict: NOT usable: no usable image left"
+
+
+@dataclass
+class _Checked:
+    """What decoding one record found."""
+
+    error: str | None = None
+    size: tuple[int, int] = (0, 0)
+    area: float | None = None       # lesion fraction; None when unlabelled
+    nonbinary: int = 0
+    image_mode: str = "RGB"
+    mask_mode: str | None = None
+    rotated: tuple[str, ...] = ()   # files whose EXIF orientation was applied
+
+
+def _check(record: Record, max_pixels: int) -> _Checked:
     try:
-        with Image.open(path) as img:
-            rotated = img.getexif().get(0x0112, 1) not in (1, None)
-            return ODD_MODES.get(img.mode), rotated
-    except Exception:  # unreadable files are reported by the decode step
-        return None, False
+        image, mask, nonbinary = load_pair(record.image, record.mask, max_pixels)
+    except DataError as err:
+        return _Checked(error=str(err))
+    image_header = read_header(record.image, max_pixels)
+    mask_header = read_header(record.mask, max_pixels) if record.mask else None
+    rotated = tuple(path for path, header in ((record.image, image_header), (record.mask, mask_header))
+                    if header and header.rotated)
+    area = np.count_nonzero(mask) / mask.size if mask is not None else None
+    return _Checked(size=image.shape[:2], area=area, nonbinary=nonbinary, image_mode=image_header.mode,
+                    mask_mode=mask_header.mode if mask_header else None, rotated=rotated)
+
+
+def _examples(names: list[str]) -> str:
+    more = f" (+{len(names) - EXAMPLES} more)" if len(names) > EXAMPLES else ""
+    return ", ".join(names[:EXAMPLES]) + more
+
+
+def _mode_counts(modes: Counter) -> str:
+    return ", ".join(f"{n} {name}" for name, n in sorted(modes.items()))
 
 
 def inspect_data(data: str, unlabeled: str = "", cache_dir: str | Path | None = None,
                  max_pixels: int = 150_000_000, skip_bad: bool = False) -> InspectReport:
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    found = discover(data, cache_dir, skip_bad=True)  # collect every discovery problem, decide below
-    records: list[Record] = list(found.records)
-    report = InspectReport(data, found.format, found.root, skip_bad=skip_bad)
-    report.errors += found.skipped
+    """Discover and decode everything once; see InspectReport.format() for the report."""
+    start = time.perf_counter()
+    # Discovery with skip_bad=True collects every problem rather than stopping at the first.
+    found = discover(data, cache_dir if cache_dir else default_cache_dir(), skip_bad=True)
+    report = InspectReport(data, found.format, found.root, skip_bad, bad=list(found.skipped))
+    jobs: list[tuple[Record, str | None]] = [(r, r.split) for r in found.records]
     if unlabeled:
         pool = discover_unlabeled(unlabeled, skip_bad=True)
-        report.errors += pool.skipped
-        records += [Record(r.id, r.image, None, "unlabeled", r.source) for r in pool.records]
+        report.bad += pool.skipped
+        in_data = {r.id: r.image for r in found.records}
+        # Training refuses these: a pool image that is also a val/test image would leak into self-training.
+        report.errors += [f"{r.image}: id {r.id} is also in the data ({in_data[r.id]}); "
+                          "remove it from the unlabeled pool" for r in pool.records if r.id in in_data]
+        jobs += [(r, "pool") for r in pool.records]
+    if found.format in ("folder", "ph2", "synthetic", "unlabeled"):
+        report.notes.append(f"{found.format} data has no official split: training draws a seeded one "
+                            f"(val_fraction, test_fraction)")
 
-    def check(record: Record):
-        try:
-            image, mask, nonbinary = load_pair(record.image, record.mask, max_pixels)
-        except DataError as err:
-            return record, err, None, 0
-        area = float(mask.mean()) if mask is not None else None
-        return record, None, (image.shape[0], image.shape[1], area), nonbinary
-
-    modes: Counter = Counter()
-    rotated = nonbinary_masks = empty_masks = 0
-    with ThreadPoolExecutor(2) as pool:
-        for record, err, info, nonbinary in tqdm(pool.map(check, records), total=len(records), desc="inspect",
-                                                 leave=False):
-            if err is not None:
-                report.errors.append(str(err))
+    nonbinary, empty, full, rotated = [], [], [], []
+    image_modes, mask_modes = Counter(), Counter()
+    with ThreadPoolExecutor(2) as threads:
+        results = threads.map(lambda job: _check(job[0], max_pixels), jobs)
+        for (record, group), checked in tqdm(zip(jobs, results), total=len(jobs), desc="inspect", unit="image",
+                                             leave=False):
+            report.images += 1
+            report.masks += record.mask is not None
+            if checked.error:
+                report.bad.append(checked.error)
                 continue
-            report.usable += 1
-            h, w, area = info
-            report.sizes.append((h, w))
-            split = record.split or "unsplit"
-            report.counts[(split if split != "unsplit" else "train", "labelled" if record.mask else "unlabelled")] += 1
-            if area is not None:
-                report.areas.append(area)
-                empty_masks += area == 0
-            nonbinary_masks += nonbinary > 0
-            for path in filter(None, (record.image, record.mask if record.mask else None)):
-                mode, turned = _header_notes(path)
-                if mode and path == record.image:
-                    modes[mode] += 1
-                rotated += turned
-    if found.format in ("folder", "synthetic", "ph2"):
-        report.notes.append("no official split: training uses a seeded split (val_fraction, test_fraction)")
-    if nonbinary_masks:
-        report.warnings.append(f"{nonbinary_masks} mask(s) are not binary (JPEG-compressed?); they are thresholded at 128")
-    if empty_masks:
-        report.warnings.append(f"{empty_masks} mask(s) are empty (no lesion)")
-    for mode, n in sorted(modes.items()):
-        report.notes.append(f"{n} {mode} image(s) are converted to RGB")
+            report.counts[(group, "labelled" if record.mask else "unlabelled")] += 1
+            report.sizes[checked.size] += 1
+            rotated += checked.rotated
+            if checked.image_mode != "RGB":
+                image_modes[MODE_NAMES.get(checked.image_mode, checked.image_mode)] += 1
+            if checked.area is None:
+                continue
+            report.areas.append(checked.area)
+            if checked.mask_mode not in ("L", "1"):
+                mask_modes[MODE_NAMES.get(checked.mask_mode, checked.mask_mode)] += 1
+            if checked.nonbinary:
+                nonbinary.append(Path(record.mask).name)
+            if checked.area == 0:
+                empty.append(record.mask)
+            elif checked.area == 1:
+                full.append(record.mask)
+
+    report.warnings += [f"{mask}: mask is empty (no lesion); check it, or it trains as a lesion-free image"
+                        for mask in empty]
+    report.warnings += [f"{mask}: mask covers the whole image (inverted?); check it" for mask in full]
+    if nonbinary:
+        report.warnings.append(f"{len(nonbinary)} mask(s) were not binary (JPEG?) and were thresholded at 128 "
+                               f"(> {LESION_ABOVE} is lesion): {_examples(nonbinary)}")
+    if image_modes:
+        report.notes.append(f"{sum(image_modes.values())} image(s) converted to RGB: {_mode_counts(image_modes)}")
+    if mask_modes:
+        report.notes.append(f"{sum(mask_modes.values())} mask(s) reduced to one channel: {_mode_counts(mask_modes)}")
     if rotated:
-        report.notes.append(f"{rotated} file(s) carry an EXIF rotation, which is applied")
+        report.notes.append(f"{len(rotated)} file(s) carry an EXIF orientation, applied when reading: "
+                            f"{_examples([Path(p).name for p in rotated])}")
+    report.seconds = time.perf_counter() - start
     return report

@@ -1,108 +1,179 @@
 """Reading and validating image and mask files.
 
-Every problem is a one-line DataError naming the file and the fix. Images
-come back as (H, W, 3) uint8 RGB with EXIF orientation applied, whatever
-their mode (grayscale, RGBA, CMYK, 16-bit, palette); masks come back as
-(H, W) bool thresholded at 128 (> 128 is lesion, like the official scorer), with a count of the pixels that were not
-cleanly binary (JPEG-compressed masks).
+Images come back as (H, W, 3) uint8 RGB, masks as (H, W) bool, both with the
+EXIF orientation applied, whatever the file's mode:
+
+- grayscale, CMYK, palette: converted to RGB; 16-bit: scaled to 8 bits (not clipped);
+- transparency: composited on black, like the dark corners outside a dermoscope's
+  field of view (for masks: transparent is background);
+- masks of any mode are reduced to one channel (the brightest one, so a red or
+  white lesion on black both work); a pixel > 128 is lesion, as in the official
+  ISIC scorer, except that a mask holding only 0 and one other value (0/1 label
+  masks) takes that value as lesion, as the scorer does too.
+
+Every problem is a one-line DataError naming the file and the fix. The pixel
+limit (`max_pixels`) is checked on the header, before anything is decoded.
+Arrays may be read-only views of the decoded buffer: copy before writing.
 """
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
 
 from lesion.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+LESION_ABOVE = 128  # the official scorer's `mask > 128`
 SKIP_HINT = "or pass skip_bad=true to skip it"
+ORIENTATION = 0x0112
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 
-# Our own pixel limit replaces PIL's global one (checked on the header, before decoding).
+# max_pixels replaces PIL's process-wide limit: it is checked per call on the header (see _open).
+# (ImageFile.LOAD_TRUNCATED_IMAGES stays False, PIL's default, so a truncated file fails to decode.)
 Image.MAX_IMAGE_PIXELS = None
-warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file's header says, without decoding its pixels."""
+
+    size: tuple[int, int]  # (H, W) after EXIF orientation
+    mode: str              # PIL mode as stored: "RGB", "L", "RGBA", "CMYK", "P", "I;16", ...
+    rotated: bool          # an EXIF orientation is applied when reading
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _corrupt(path: str | Path, what: str, err: Exception) -> DataError:
+    return DataError(f"{path}: {what} is truncated or corrupt ({_one_line(err)}); "
+                     f"re-download or re-export it, {SKIP_HINT}")
 
 
 def _open(path: str | Path, max_pixels: int, what: str) -> Image.Image:
+    """Open the file (header only) and refuse it above max_pixels."""
     try:
         img = Image.open(path)
     except FileNotFoundError:
-        raise DataError(f"{path}: {what} not found; check the data folder") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"{path}: cannot read {what} ({err.__class__.__name__}); re-export or remove the file, {SKIP_HINT}") from None
-    if img.width * img.height > max_pixels:
+        raise DataError(f"{path}: {what} not found; check the path or re-run discovery") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: {what} is not a readable image (unknown format or corrupt header); "
+                        f"re-export it as PNG or JPEG, {SKIP_HINT}") from None
+    except OSError as err:
+        if err.errno is None:  # raised by PIL on a short header, not by the file system
+            raise _corrupt(path, what, err) from None
+        raise DataError(f"{path}: cannot open {what} ({err.strerror}); check the file, {SKIP_HINT}") from None
+    w, h = img.size
+    if w * h > max_pixels:
         img.close()
-        raise DataError(f"{path}: {what} is {img.width}x{img.height} = {img.width * img.height} pixels, above "
-                        f"max_pixels={max_pixels} (decompression-bomb guard); raise max_pixels if it is genuine, {SKIP_HINT}")
+        raise DataError(f"{path}: {what} is {w}x{h} = {w * h:,} pixels, above max_pixels={max_pixels:,} "
+                        f"(decompression-bomb guard); raise max_pixels if the file is genuine, {SKIP_HINT}")
     return img
 
 
-def _decode(img: Image.Image, path: str | Path, what: str) -> Image.Image:
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored), read from the header only."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # an eXIf chunk after the pixel data would need a full decode to find: ignored
     try:
-        img.load()  # truncated files fail here (LOAD_TRUNCATED_IMAGES stays off)
-        return ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"{path}: {what} is truncated or corrupt ({err}); re-download it, {SKIP_HINT}") from None
+        return int(img.getexif().get(ORIENTATION, 1))
+    except Exception:  # a malformed EXIF block leaves the image as stored
+        return 1
 
 
-def _to_uint8(img: Image.Image) -> Image.Image:
-    """16-bit and 32-bit single-channel images scaled to 8 bits (not clipped)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
-        return Image.fromarray((array / top * 255).round().clip(0, 255).astype(np.uint8), mode="L")
-    if img.mode == "F":
-        array = np.asarray(img, dtype=np.float64)
-        top = 1.0 if array.max() <= 1.0 else 255.0
-        return Image.fromarray((array / top * 255).round().clip(0, 255).astype(np.uint8), mode="L")
-    return img
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float single-channel images scaled onto 0..255 (not clipped)."""
+    array = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    elif img.mode == "F" and array.max(initial=0) <= 1.0:
+        top = 1.0
+    else:  # 32-bit integers or floats: 16-bit data if it goes above 255, else 8-bit data
+        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
 
 
-def read_image(path: str | Path, max_pixels: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB; RGBA is composited on white, CMYK/palette/grayscale/16-bit converted."""
-    with _open(path, max_pixels, "image") as raw:
-        img = _to_uint8(_decode(raw, path, "image"))
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(background, rgba)
-        return np.asarray(img.convert("RGB"))
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Mode RGB, 8 bits, transparency composited on black."""
+    if img.mode in HIGH_BIT_MODES:
+        img = _to_8bit(img)
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def read_mask(path: str | Path, max_pixels: int) -> tuple[np.ndarray, int]:
-    """((H, W) bool, > 128 is lesion as in the official ISIC scorer; count of pixels that were not 0 or 255)."""
-    with _open(path, max_pixels, "mask") as raw:
-        img = _to_uint8(_decode(raw, path, "mask"))
-        if img.mode == "P":
-            img = img.convert("RGB")
-        array = np.asarray(img.convert("L") if img.mode not in ("L", "1") else img)
-    array = array.astype(np.uint8) * 255 if array.dtype == bool else array
-    nonbinary = int(np.count_nonzero((array > 0) & (array < 255)))
-    return array > 128, nonbinary
+def _to_mask_channel(img: Image.Image) -> Image.Image:
+    """One 8-bit channel; for colour masks the brightest of R, G, B, so a lesion drawn in any colour counts."""
+    if img.mode in HIGH_BIT_MODES:
+        img = _to_8bit(img)
+    if img.mode == "1":
+        img = img.convert("L")
+    if img.mode == "L" and "transparency" not in img.info:
+        return img
+    r, g, b = _to_rgb(img).split()
+    return ImageChops.lighter(ImageChops.lighter(r, g), b)
+
+
+def _decode(path: str | Path, max_pixels: int, what: str, convert: Callable[[Image.Image], Image.Image]
+            ) -> Image.Image:
+    """Decode the whole file, apply its EXIF orientation, convert; a truncated or corrupt file raises."""
+    with _open(path, max_pixels, what) as img:
+        try:
+            if _orientation(img) != 1:
+                ImageOps.exif_transpose(img, in_place=True)  # in place: an upright image is never copied
+            img.load()
+            return convert(img)
+        except MemoryError:
+            raise
+        except Exception as err:  # decoders fail in many ways on bad data (OSError, SyntaxError, ValueError, ...)
+            raise _corrupt(path, what, err) from None
+
+
+def read_header(path: str | Path, max_pixels: int) -> Header:
+    """Size (after orientation), mode and rotation from the header; refuses files above max_pixels."""
+    with _open(path, max_pixels, "image") as img:
+        orientation = _orientation(img)
+        w, h = img.size
+        return Header((w, h) if orientation in (5, 6, 7, 8) else (h, w), img.mode, orientation != 1)
 
 
 def read_size(path: str | Path, max_pixels: int) -> tuple[int, int]:
     """(H, W) after EXIF orientation, from the header only."""
-    with _open(path, max_pixels, "image") as img:
-        w, h = img.size
-        try:
-            orientation = img.getexif().get(0x0112, 1)
-        except Exception:  # a broken EXIF block does not change the size
-            orientation = 1
-        return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+    return read_header(path, max_pixels).size
+
+
+def read_image(path: str | Path, max_pixels: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB (see the module docstring for mode conversions)."""
+    return np.asarray(_decode(path, max_pixels, "image", _to_rgb))
+
+
+def read_mask(path: str | Path, max_pixels: int) -> tuple[np.ndarray, int]:
+    """((H, W) bool lesion mask, number of pixels that were neither 0 nor 255, e.g. from JPEG)."""
+    img = _decode(path, max_pixels, "mask", _to_mask_channel)
+    hist = img.histogram()
+    values = np.asarray(img)
+    if sum(1 for n in hist[1:] if n) == 1:  # 0 and one other value: a label mask such as 0/1 or 0/255
+        return values > 0, 0
+    return values > LESION_ABOVE, img.width * img.height - hist[0] - hist[255]
 
 
 def load_pair(image_path: str | Path, mask_path: str | Path | None, max_pixels: int
               ) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Image, mask (or None) and its non-binary pixel count; the mask must match the image's size."""
+    """Image, mask (None when unlabelled) and the mask's non-binary pixel count; sizes must match."""
     image = read_image(image_path, max_pixels)
     if not mask_path:
         return image, None, 0
     mask, nonbinary = read_mask(mask_path, max_pixels)
     if mask.shape != image.shape[:2]:
-        raise DataError(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {Path(image_path).name} is "
-            f"{image.shape[1]}x{image.shape[0]}; re-export the mask at the image's size, {SKIP_HINT}")
+        raise DataError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {Path(image_path).name} "
+                        f"is {image.shape[1]}x{image.shape[0]}; re-export the mask at the image's size "
+                        f"or pass skip_bad=true to skip it")
     return image, mask, nonbinary

@@ -121,9 +121,8 @@ def picture(images: torch.Tensor, puzzles: torch.Tensor, reconstructions: torch.
 
 
 def loss_curves(history: list[dict[str, float]]):
+    import lesion.plots  # noqa: F401  (selects the headless backend first)
     import matplotlib.pyplot as plt
-
-    import lesion.plots  # noqa: F401  (selects the headless backend)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for key in METRICS:

@@ -1,50 +1,99 @@
-"""SSL pretraining end to end: the loss falls, the encoder is registered, and fine-tuning loads it 1:1."""
+"""SSL pretraining end to end: the loss falls, the encoder is registered, fine-tuning loads it 1:1, crashes resume."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+import lesion.ssl.pretrain as pretrain_module
+from lesion.cli import run_entry_point
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
 from lesion.errors import ConfigError
 from lesion.models.io import resolve_artifact_dir
 from lesion.ssl.pretrain import run_pretrain
 from lesion.tracking import Tracker
-from lesion.train.finetune import build_initialised_model
-from tests.conftest import subprocess_env
+from lesion.train.finetune import build_initialised_model, run_finetune
+from tests.conftest import REPO, subprocess_env
 
-DATA = "synthetic:n=24,size=64,seed=4"
-
-
-@pytest.fixture
-def pretrained(tmp_path, tracking):
-    cfg = from_flat(PretrainConfig, {"data": DATA, "epochs": 4, "batch_size": 8, "lr": 2e-3,
-                                     "output_dir": str(tmp_path / "out"), "run_name": "ssl"})
-    return run_pretrain(cfg)
+DATA = "synthetic:n=16,size=64"  # 13 training images: 3 steps of 4 per epoch
+TINY = {"data": DATA, "image_size": 64, "epochs": 2, "batch_size": 4, "picture_every": 1}
 
 
-def test_pretraining_lowers_its_loss_and_registers_the_encoder(pretrained):
-    losses = [h["pretrain/loss"] for h in pretrained["history"]]
-    assert losses[-1] < losses[0]
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store, artifact root and cache for the module: the pretrain run is shared by its tests."""
+    root = tmp_path_factory.mktemp("ssl")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # a sqlite store puts artifacts in ./mlruns
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("LESION_CACHE_DIR", str(root / "cache"))
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield root
+
+
+def config(root, **overrides) -> PretrainConfig:
+    return from_flat(PretrainConfig, {**TINY, "output_dir": str(root / "out"), "cache_dir": str(root / "cache"),
+                                      **overrides})
+
+
+@pytest.fixture(scope="module")
+def pretrained(store):
+    return run_pretrain(config(store, run_name="ssl"))
+
+
+def test_pretraining_lowers_its_loss_logs_and_registers_the_encoder(pretrained, store):
+    history = pretrained["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert history[-1]["pretrain/loss"] < history[0]["pretrain/loss"]
+
     client = MlflowClient()
+    run = client.get_run(pretrained["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["grid"] == "3"
+    for key in ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+    artifacts = {a.path for path in ("", "pictures", "plots", "encoder", "data", "plan")
+                 for a in client.list_artifacts(run.info.run_id, path)}
+    assert {"pictures/puzzles_epoch_001.png", "pictures/puzzles_epoch_002.png", "plots/pretrain_curves.png",
+            "encoder/encoder.safetensors", "encoder/encoder.json", "data/manifest.csv", "plan/plan.json"} <= artifacts
+
+    plan = json.loads((store / "out" / "pretrain" / "ssl" / "plan.json").read_text())
+    assert plan["pretrain_splits"] == ["train", "unlabeled"]
+    assert plan["pretrain_images"] == pretrained["images"] == plan["data_summary"]["train_labelled"] < 16, "no val"
+
     version = client.get_model_version_by_alias("lesion-encoder", "ssl")
-    assert version.tags["encoder"] == "resnet18" and version.run_id == pretrained["run_id"]
-    pictures = [a.path for a in client.list_artifacts(pretrained["run_id"], "pictures")]
-    assert pictures and all("puzzles_epoch" in p for p in pictures)
+    assert str(version.version) == pretrained["version"] and version.run_id == run.info.run_id
+    expected = {"encoder": "resnet18", "data": DATA, "image_size": "64", "epochs": "2", "parent_run": run.info.run_id}
+    assert {k: version.tags.get(k) for k in expected} == expected
+    for uri in ("models:/lesion-encoder/latest", "models:/lesion-encoder@ssl"):
+        folder = resolve_artifact_dir(uri)
+        assert json.loads((folder / "encoder.json").read_text())["encoder"] == "tu-resnet18"
+        assert (folder / "encoder.safetensors").is_file()
 
 
-@pytest.mark.parametrize("arch", ["unet", "pspnet", "deeplabv3plus"])
-def test_finetuning_from_the_uri_loads_every_encoder_tensor(pretrained, tmp_path, arch):
+def test_finetuning_from_the_uri_loads_every_encoder_tensor(pretrained, store):
     logged = load_file(str(resolve_artifact_dir("models:/lesion-encoder/latest") / "encoder.safetensors"))
-    cfg = from_flat(FinetuneConfig, {"data": DATA, "arch": arch, "encoder_init": "models:/lesion-encoder@ssl"})
-    model = build_initialised_model(cfg, Tracker(enabled=False))
-    state = model.encoder.state_dict()
-    assert state and all(torch.equal(v, logged[k]) for k, v in state.items())
+    base = {"data": DATA, "image_size": 64, "encoder_init": "models:/lesion-encoder/latest"}
+    for arch in ("unet", "pspnet", "deeplabv3plus"):  # PSPNet's encoder has 3 stages: it takes that subset
+        model = build_initialised_model(from_flat(FinetuneConfig, {**base, "arch": arch}), Tracker(enabled=False))
+        state = model.encoder.state_dict()
+        assert state and all(torch.equal(v, logged[k]) for k, v in state.items()), arch
+        assert arch == "pspnet" or state.keys() == logged.keys()
+
+    out = run_finetune(from_flat(FinetuneConfig, {**base, "epochs": 1, "max_steps": 1, "register": False,
+                                                  "encoder_init": "models:/lesion-encoder@ssl", "run_name": "from-ssl",
+                                                  "output_dir": str(store / "out"), "cache_dir": str(store / "cache")}))
+    tags = MlflowClient().get_run(out["run_id"]).data.tags
+    assert tags["lesion.init.loaded"] == "encoder" and tags["lesion.init.tensors"] == str(len(logged))
 
 
 def test_a_mismatched_encoder_is_a_clear_error(pretrained):
@@ -53,17 +102,44 @@ def test_a_mismatched_encoder_is_a_clear_error(pretrained):
         build_initialised_model(cfg, Tracker(enabled=False))
 
 
-@pytest.mark.slow
-def test_pretrain_entry_point_then_finetune_from_it(tmp_path, tracking):
-    out = str(tmp_path / "out")
-    for cmd in (["pipelines/pretrain.py", "--data", DATA, "--epochs", "1", "--output_dir", out],
-                ["pipelines/finetune.py", "--data", DATA, "--epochs", "1", "--output_dir", out,
-                 "--encoder_init", "models:/lesion-encoder@ssl", "--run_name", "from-ssl"]):
-        proc = subprocess.run([sys.executable, *cmd], env=subprocess_env(), capture_output=True, text=True,
-                              cwd=str(__import__("tests.conftest").conftest.REPO), timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+class Crash(Exception):
+    pass
+
+
+def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, store, monkeypatch):
+    real_save = pretrain_module.save_checkpoint
+
+    def crash_after_epoch_1(accelerator, workdir, progress):
+        real_save(accelerator, workdir, progress)
+        if progress["epoch"] == 0:
+            raise Crash("simulated crash after epoch 1")
+
+    monkeypatch.setattr(pretrain_module, "save_checkpoint", crash_after_epoch_1)
+    with pytest.raises(Crash):
+        run_pretrain(config(store, run_name="crashy", register=False))
+    monkeypatch.setattr(pretrain_module, "save_checkpoint", real_save)
+
+    resumed = run_pretrain(config(store, run_name="crashy", register=False))
     client = MlflowClient()
-    run = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                             "tags.`lesion.run_name` = 'from-ssl'")[0]
-    assert run.data.tags["lesion.init.loaded"] == "encoder"
-    assert run.data.tags["lesion.init.source"] == "models:/lesion-encoder@ssl"
+    assert len(client.search_runs([client.get_run(resumed["run_id"]).info.experiment_id],
+                                  "tags.`lesion.run_name` = 'crashy'")) == 1, "the same run, resumed"
+    assert [h["pretrain/loss"] for h in resumed["history"]] == pytest.approx(
+        [h["pretrain/loss"] for h in pretrained["history"]], abs=1e-5)
+    assert [m.step for m in client.get_metric_history(resumed["run_id"], "pretrain/loss")] == [0, 1]
+
+
+def test_impossible_settings_fail_before_any_run(store, capsys):
+    assert run_entry_point("pretrain", ["--data", DATA, "--image_size", "64", "--grid", "16"]) == 2
+    assert "grid=16 at image_size=64 gives 4-px tiles" in capsys.readouterr().err
+
+
+def test_the_pretrain_entry_point_registers_an_encoder(store, tmp_path):
+    before = len(MlflowClient().search_model_versions("name='lesion-encoder'"))
+    proc = subprocess.run([sys.executable, "pipelines/pretrain.py", "--data", DATA,
+                           "--image_size", "64", "--epochs", "1", "--output_dir", str(tmp_path / "out")],
+                          env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    versions = MlflowClient().search_model_versions("name='lesion-encoder'")
+    assert len(versions) == before + 1
+    newest = MlflowClient().get_model_version_by_alias("lesion-encoder", "ssl")
+    assert int(newest.version) == max(int(v.version) for v in versions) and newest.tags["epochs"] == "1"

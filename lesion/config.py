@@ -211,7 +211,7 @@ class StudyConfig:
     n_trials: int = param(8, "Trials this worker runs.")
     timeout: float = param(0.0, "Stop this worker after this many seconds (0: no limit).")
     pruner: str = param("median", "Pruner for bad trials.", ("median", "hyperband", "none"))
-    sampler_seed: int = param(0, "Seed of the TPE sampler (each worker adds its own offset).")
+    sampler_seed: int = param(0, "Seed of the TPE sampler; give each worker of a shared study its own seed, or they propose the same trials.")
     trial_epochs: int = param(3, "Student epochs per trial (the short budget).")
     space: str = param("", "JSON overrides of the search space (tuning/space.py), e.g. '{\"threshold\": [0.7, 0.9], \"lr\": 0.001}'.")
 

@@ -111,9 +111,15 @@ def curves_figure(table: list[dict[str, Any]]) -> plt.Figure:
 
 
 def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
-    """The champion's worst validation images (by Jaccard at original resolution) as overlays."""
-    from lesion.data.prepare import prepare_data
-    from lesion.data.splits import select
+    """The champion's worst validation images (by Jaccard at original resolution) as overlays.
+
+    The validation images are the ones the champion's own run held out: its logged manifest says which.
+    """
+    import mlflow
+
+    from lesion.data.cache import PreprocessCache
+    from lesion.data.sources import default_cache_dir
+    from lesion.data.splits import read_manifest, select
     from lesion.inference import predict_images
     from lesion.metrics import per_image_scores, score_image
     from lesion.models.io import load_model
@@ -122,19 +128,21 @@ def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
     champion = alias_version(SEGMENTER, "champion")
     if champion is None or count <= 0:
         return None, []
-    model, meta = load_model(f"models:/{SEGMENTER}@champion")
-    data_spec = champion.tags.get("data", "synthetic")
-    data = prepare_data(DataConfig(data=data_spec, image_size=int(meta["image_size"])), 0,
-                        Path("outputs") / "report" / "data", progress=False)
-    rows = select(data.rows, "val", labelled=True)
-    images = [data.cache.load(r.image, r.mask).image for r in rows]
-    probs = predict_images(model, images, data.image_size)
-    scores = [per_image_scores(score_image(p, data.cache.original_mask(r.image, r.mask)))["jaccard"][0]
+    model, meta = load_model(f"models:/{SEGMENTER}/{champion.version}")
+    try:
+        manifest = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="data/manifest.csv")
+    except Exception as err:  # MLflow raises many types; the user needs one line
+        raise ConfigError(f"the champion's run {champion.run_id} has no data/manifest.csv ({type(err).__name__}); "
+                          "pass gallery=0 or re-train the champion with lesion") from None
+    rows = select(read_manifest(manifest), "val", labelled=True)
+    cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), DataConfig().max_pixels)
+    samples = [cache.load(r.image, r.mask) for r in rows]
+    probs = predict_images(model, [s.image for s in samples], cache.size)
+    scores = [per_image_scores(score_image(p, cache.original_mask(r.image, r.mask)))["jaccard"][0]
               for p, r in zip(probs, rows)]
-    worst = np.argsort(scores)[:count]
-    picture = overlay_grid([images[i] for i in worst], [data.cache.load(rows[i].image, rows[i].mask).mask.astype(bool)
-                                                        for i in worst], [probs[i] >= 0.5 for i in worst],
-                           titles=[f"{rows[i].id} J={scores[i]:.2f}" for i in worst])
+    worst = np.argsort(scores, kind="stable")[:count]
+    picture = overlay_grid([samples[i].image for i in worst], [samples[i].mask.astype(bool) for i in worst],
+                           [probs[i] >= 0.5 for i in worst], titles=[f"{rows[i].id} J={scores[i]:.2f}" for i in worst])
     return picture, [{"id": rows[i].id, "jaccard": float(scores[i])} for i in worst]
 
 

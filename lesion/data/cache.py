@@ -64,6 +64,10 @@ class PreprocessCache:
         digest = hashlib.sha1("|".join(parts).encode()).hexdigest()
         return self.root / digest[:2] / f"{digest}.npz"
 
+    def at_size(self, size: int) -> "PreprocessCache":
+        """The same cache folder at another working size (for a model trained at that size)."""
+        return self if size == self.size else PreprocessCache(self.root.parent.parent, size, self.max_pixels)
+
     def load(self, image: str, mask: str | None = None) -> Sample:
         """The cached sample for (image, mask), building it on a miss."""
         try:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from lesion.config import TrainConfig
 from lesion.data.cache import PreprocessCache
+from lesion.data.datasets import SegmentationDataset
 from lesion.data.splits import Row
 from lesion.inference import predict_probabilities
 from lesion.metrics import score_image, summarize
@@ -122,6 +123,20 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache:
     counts_np, index_np = np.concatenate(all_counts), np.concatenate(all_index)
     metrics = {f"{prefix}/{k}": v for k, v in summarize(counts_np).items()}
     return metrics, counts_np, index_np
+
+
+@torch.inference_mode()
+def score_rows(model: torch.nn.Module, rows: list[Row], cache: PreprocessCache, batch_size: int = 8,
+               device: torch.device | str = "cpu") -> dict[str, float]:
+    """ISIC metrics of model on labelled rows, in this process alone (the registry gate re-scores with it)."""
+    model.eval()
+    counts = []
+    for batch in DataLoader(SegmentationDataset(rows, cache), batch_size, shuffle=False):
+        probs = predict_probabilities(model, batch["image"].to(device)).cpu()
+        for prob, index in zip(probs, batch["index"].tolist()):
+            row = rows[index]
+            counts.append(score_image(prob[0], cache.original_mask(row.image, row.mask)))
+    return summarize(np.stack(counts))
 
 
 def _picture(model: torch.nn.Module, val_ds: Dataset, picture_indices: list[int], device: torch.device) -> np.ndarray:

@@ -16,12 +16,13 @@ from lesion.config import FinetuneConfig, to_flat
 from lesion.data.datasets import SegmentationDataset
 from lesion.data.prepare import PreparedData, prepare_data
 from lesion.data.splits import select
-from lesion.errors import ConfigError
+from lesion.errors import ConfigError, LesionError
 from lesion.inference import image_png
 from lesion.models import build_model
-from lesion.models.io import init_encoder
+from lesion.models.io import init_encoder, load_model
 from lesion.tracking import SEGMENTER, Tracker, alias_version, log_segmenter, register, set_alias, write_json
-from lesion.train.engine import FitResult, fit, make_accelerator, resolve_mixed_precision, resolve_workers
+from lesion.train.engine import (FitResult, fit, make_accelerator, resolve_mixed_precision, resolve_workers,
+                                 score_rows)
 
 
 def shared_run_name(accelerator: Accelerator, given: str, prefix: str) -> str:
@@ -107,20 +108,42 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
     return StageResult(result, model_uri, version, data)
 
 
-def promote_champion(version: str, score: float, tracker: Tracker) -> dict[str, Any]:
-    """Move the champion alias to version only if its val/jaccard beats the current champion's; log why."""
+def promote_champion(version: str, score: float, tracker: Tracker, data: PreparedData,
+                     device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Move `champion` to version only if its val/jaccard beats the current champion's on the same images; log why.
+
+    The champion is re-scored on this run's validation images: a score it got on
+    other data (the synthetic demo, another split or size) says nothing about these.
+    """
     current = alias_version(SEGMENTER, "champion")
-    current_score = float(current.tags.get("val_jaccard", "-1")) if current is not None else None
-    promoted = current is None or score > current_score
+    val_rows = select(data.rows, "val", labelled=True)
+    decision: dict[str, Any] = {"candidate_version": version, "candidate_val_jaccard": score,
+                                "val_images": len(val_rows), "champion_version": None, "champion_val_jaccard": None}
+    if current is None:
+        promoted, reason = True, "no champion yet"
+    else:
+        decision["champion_version"] = str(current.version)
+        decision["champion_registered_val_jaccard"] = float(current.tags.get("val_jaccard", "nan"))
+        try:
+            model, meta = load_model(f"models:/{SEGMENTER}/{current.version}")
+            champion = score_rows(model.to(device), val_rows, data.cache.at_size(int(meta["image_size"])),
+                                  device=device)["jaccard"]
+        except LesionError as err:
+            champion = None
+            reason = f"the champion could not be scored on these images ({err})"
+        decision["champion_val_jaccard"] = champion
+        if champion is not None:
+            promoted = score > champion
+            reason = (f"val/jaccard {score:.4f} {'>' if promoted else '<='} champion v{current.version}'s "
+                      f"{champion:.4f} on the same {len(val_rows)} validation images")
+        else:
+            promoted = True
     if promoted:
         set_alias(SEGMENTER, "champion", version)
-    decision = {"candidate_version": version, "candidate_val_jaccard": score,
-                "champion_version": current.version if current is not None else None,
-                "champion_val_jaccard": current_score, "promoted": promoted}
+    decision.update(promoted=promoted, reason=reason)
     tracker.log_dict(decision, "registry/champion_gate.json")
     tracker.set_tags({"lesion.champion_gate": "promoted" if promoted else "kept"})
-    verdict = "promoted to champion" if promoted else f"kept champion v{current.version} ({current_score:.4f})"
-    print(f"[lesion] lesion-segmenter v{version} val/jaccard {score:.4f}: {verdict}")
+    print(f"[lesion] lesion-segmenter v{version}: {'promoted to champion' if promoted else 'champion kept'}: {reason}")
     return decision
 
 
@@ -141,7 +164,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                "best_epoch": stage.fit.best_epoch, "model_uri": stage.model_uri, "version": stage.version,
                "history": stage.fit.history, "num_processes": accelerator.num_processes, "workdir": str(workdir)}
         if accelerator.is_main_process and stage.version:
-            out["champion"] = promote_champion(stage.version, stage.fit.best_score, tracker)
+            out["champion"] = promote_champion(stage.version, stage.fit.best_score, tracker, data, accelerator.device)
         if accelerator.is_main_process:
             write_json(workdir / "result.json", out)
     return out

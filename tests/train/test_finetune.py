@@ -71,3 +71,25 @@ def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_pa
         [h["val/jaccard"] for h in reference["history"]], abs=1e-6)
     steps = [m.step for m in MlflowClient().get_metric_history(resumed["run_id"], "val/jaccard")]
     assert steps == [0, 1, 2], "nothing lost, nothing logged twice"
+
+
+def test_champion_gate_rescores_the_champion_on_the_candidates_validation_images(tmp_path, tracking):
+    # A barely trained champion whose registered score (from "other data") looks unbeatable.
+    weak = run_finetune(tiny_config(tmp_path / "a", data="synthetic:n=40,size=64,seed=7", run_name="weak",
+                                    max_steps=1, epochs=1))
+    client = MlflowClient()
+    client.set_model_version_tag("lesion-segmenter", weak["version"], "val_jaccard", "0.99")
+
+    strong = run_finetune(tiny_config(tmp_path / "b", run_name="strong"))
+    gate = strong["champion"]
+    assert gate["champion_version"] == weak["version"]
+    assert gate["champion_registered_val_jaccard"] == pytest.approx(0.99)
+    assert gate["champion_val_jaccard"] < 0.99, "the champion must be re-scored on these images, not trusted"
+    assert gate["promoted"] and gate["candidate_val_jaccard"] > gate["champion_val_jaccard"]
+    assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == strong["version"]
+
+    # And a worse candidate on the same images does not move it.
+    worse = run_finetune(tiny_config(tmp_path / "c", run_name="worse", max_steps=1, epochs=1))
+    assert not worse["champion"]["promoted"]
+    assert worse["champion"]["champion_val_jaccard"] == pytest.approx(strong["best_val_jaccard"], abs=1e-6)
+    assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == strong["version"]

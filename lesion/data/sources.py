@@ -1,6 +1,6 @@
 """Sources: one `data` string -> (image, mask?) records.
 
-    synthetic | synthetic:n=300,size=256,seed=0   the built-in generator (written under cache_dir/synthetic)
+    synthetic | synthetic:n=200,size=128,seed=0   the built-in generator (written under cache_dir/synthetic)
     PATH                                          layout detected: ISIC 2016/2017/2018, PH2, images/ + masks/
     FORMAT:PATH                                   forced: isic (any year), isic2016, isic2017, isic2018,
                                                   ph2, folder, unlabeled

@@ -1,6 +1,6 @@
 """A deterministic synthetic dermoscopy generator: the embedded default data set.
 
-`data=synthetic` (or `synthetic:n=300,size=256,seed=0`) lets the demo and the
+`data=synthetic` (or `synthetic:n=200,size=128,seed=0`) lets the demo and the
 tests run with no download. Each image is drawn from (seed, index) alone: skin
 of a random tone with mottling, pores and an illumination fall-off; an
 irregular multi-coloured lesion (pigment network, dots, a darker core) with a
@@ -40,20 +40,20 @@ LESION_COLOURS = np.array([
 COLOUR_ODDS = np.array([0.55, 0.5, 0.25, 0.18, 0.12])  # chance each joins the one brown every lesion has
 LUMA = np.array([0.3, 0.59, 0.11], np.float32)
 COMPLETE = ".complete"  # written last: a folder without it is an interrupted write
-EXAMPLE = "synthetic:n=300,size=256,seed=0"
+EXAMPLE = "synthetic:n=200,size=128,seed=0"
 PROGRESS_FROM = 200  # show a progress bar from this many images on
 THETA_BINS = 1024  # r(theta) is tabulated once per blob, then looked up per pixel
 
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    n: int = 300
-    size: int = 256
+    n: int = 200
+    size: int = 128
     seed: int = 0
 
 
 def parse_spec(options: str) -> SyntheticSpec:
-    """'' or 'n=300,size=256,seed=0' (any subset, any order) -> SyntheticSpec."""
+    """'' or 'n=200,size=128,seed=0' (any subset, any order) -> SyntheticSpec."""
     valid = [f.name for f in fields(SyntheticSpec)]
     usage = f"use {', '.join(k + '=' for k in valid)} (e.g. {EXAMPLE})"
     minimum = {"n": 1, "size": 64}

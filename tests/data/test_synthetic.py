@@ -91,7 +91,8 @@ def test_parse_spec(options, expected):
 
 
 def test_parse_spec_defaults():
-    assert SyntheticSpec() == SyntheticSpec(n=300, size=256, seed=0)
+    # Small enough that `make demo` (selftrain: teacher, student, student*) ends in minutes on 2 CPU cores.
+    assert SyntheticSpec() == SyntheticSpec(n=200, size=128, seed=0)
 
 
 @pytest.mark.parametrize("options, fragment", [

@@ -86,6 +86,7 @@ def main() -> None:
         for name, s in out["stages"].items():
             rows.append({"name": name, "labels": "10% (46)" + (" + pseudo" if name != "teacher" else ""),
                          "val/jaccard": s["val_jaccard"], "val/dice": s["val_dice"],
+                         "val/threshold_jaccard": s.get("val_threshold_jaccard") or float("nan"),
                          "epochs": args.epochs_few if name == "teacher" else args.epochs_student})
     table(rows, started, command)
 

@@ -67,6 +67,7 @@ class TrainConfig:
     batch_size: int = param(8, "Batch size per process.")
     lr: float = param(1e-3, "Peak learning rate.")
     weight_decay: float = param(1e-4, "Weight decay.")
+    encoder_lr_scale: float = param(1.0, "The encoder's learning rate as a fraction of lr (below 1 keeps pretrained features).")
     optimizer: str = param("adamw", "Optimizer.", ("adamw", "sgd"))
     schedule: str = param("cosine", "Learning-rate schedule after warm-up.", ("cosine", "poly", "constant"))
     warmup_epochs: float = param(1.0, "Linear warm-up length in epochs.")
@@ -185,6 +186,9 @@ class PseudoConfig:
     student_drop_path: float = param(0.1, "Student stochastic depth (noise).")
     student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).")
     student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.")
+    student_init: str = param("encoder_init", "Student start: encoder_init (a fresh student, as in the Noisy Student "
+                              "paper) or teacher (continue from its teacher's weights: better on small budgets).",
+                              ("encoder_init", "teacher"))
     params: str = param("", "JSON of tuned parameters (tune's best_params.json, a path or runs:/ URI) applied on top.")
 
 

@@ -30,7 +30,7 @@ from lesion.data.prepare import prepare_data
 from lesion.data.splits import select, unlabelled_pool
 from lesion.errors import ConfigError
 from lesion.models.io import load_model
-from lesion.selftrain.loop import sampler_weights, stage_configs
+from lesion.selftrain.loop import check_student, sampler_weights, stage_configs, student_for
 from lesion.selftrain.pseudo import STATS, pseudo_label, read_stats, select_pseudo_labels
 from lesion.tracking import Tracker, write_json
 from lesion.train.engine import make_accelerator
@@ -72,6 +72,8 @@ class Study:
         self.cfg = cfg
         self.space = space or SearchSpace.from_json(cfg.tune.space)
         self.base = selftrain_view(cfg)
+        check_student(self.base)
+        self.teacher_info: dict[str, Any] = {}
         self.accelerator = make_accelerator(cfg.train)
         self.tracker = Tracker(enabled=self.accelerator.is_main_process)
         self.workdir = Path(cfg.run.output_dir) / "tune" / cfg.tune.study
@@ -115,6 +117,7 @@ class Study:
         params = self.space.suggest(trial)
         cfg = replace_flat(self.base, **params)
         _, student_cfg = stage_configs(cfg)
+        student_cfg = student_for(student_cfg, cfg.pseudo, self.teacher_info.get("best_dir", ""))
         student_cfg = replace(student_cfg, train=replace(student_cfg.train, epochs=self.cfg.tune.trial_epochs))
         selection = select_pseudo_labels(stats, cfg.pseudo.min_confidence, cfg.pseudo.min_area)
         if not selection.kept:
@@ -162,7 +165,7 @@ class Study:
                                 self.accelerator.wait_for_everyone)
             if not unlabelled_pool(data.rows):
                 raise ConfigError(f"{cfg.data.data}: no unlabelled images; lower label_fraction or pass unlabeled=FOLDER")
-            teacher = self.teacher(data)
+            teacher = self.teacher_info = self.teacher(data)
             stats = read_stats(teacher["pseudo_folder"])
             self.tracker.set_tags({"lesion.teacher_run": teacher["run_id"]})
             self.study.optimize(lambda t: self.objective(t, data, stats), n_trials=cfg.tune.n_trials,

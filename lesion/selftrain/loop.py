@@ -24,7 +24,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
-from lesion.config import (FinetuneConfig, NoiseConfig, SelftrainConfig, load_params_file, replace_flat, to_flat)
+from lesion.config import (FinetuneConfig, NoiseConfig, PseudoConfig, SelftrainConfig, load_params_file, replace_flat,
+                           to_flat)
 from lesion.data.datasets import SegmentationDataset
 from lesion.data.prepare import PreparedData, prepare_data
 from lesion.data.splits import Row, select, unlabelled_pool
@@ -61,6 +62,20 @@ def stage_configs(cfg: SelftrainConfig) -> tuple[FinetuneConfig, FinetuneConfig]
     student_train = replace(cfg.train, epochs=cfg.pseudo.student_epochs or cfg.train.epochs)
     student = FinetuneConfig(data=cfg.data, model=student_model, train=student_train, noise=cfg.noise, run=cfg.run)
     return teacher, student
+
+
+def student_for(student: FinetuneConfig, pseudo: PseudoConfig, teacher_dir: str) -> FinetuneConfig:
+    """The student config of one round: with student_init=teacher it starts from its teacher's weights."""
+    if pseudo.student_init != "teacher":
+        return student
+    return replace(student, model=replace(student.model, encoder_init=teacher_dir))
+
+
+def check_student(cfg: SelftrainConfig) -> None:
+    if cfg.pseudo.student_init == "teacher" and cfg.pseudo.student_encoder not in ("", cfg.model.encoder):
+        raise ConfigError(f"student_init=teacher needs the teacher's encoder ({cfg.model.encoder}) in the student, not "
+                          f"student_encoder={cfg.pseudo.student_encoder}; drop student_encoder or use "
+                          "student_init=encoder_init")
 
 
 def sampler_weights(n_labelled: int, n_pseudo: int, pseudo_ratio: float) -> torch.Tensor:
@@ -123,7 +138,9 @@ def _train_stage(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker
         best = next((h for h in stage.fit.history if h["epoch"] == stage.fit.best_epoch), last)
         return {"best_dir": str(stage.fit.best_dir), "version": stage.version, "model_uri": stage.model_uri,
                 "val_jaccard": stage.fit.best_score, "val_dice": best.get("val/dice", float("nan")),
-                "val_miou2": best.get("val/miou2", float("nan")), "train_images": len(train_rows or [])}
+                "val_miou2": best.get("val/miou2", float("nan")),
+                "val_threshold_jaccard": best.get("val/threshold_jaccard", float("nan")),
+                "train_images": len(train_rows or [])}
     return work
 
 
@@ -131,6 +148,7 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
     cfg = apply_params(cfg)
     if cfg.pseudo.iterations < 1:
         raise ConfigError(f"iterations={cfg.pseudo.iterations} must be at least 1")
+    check_student(cfg)
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
     tracker = Tracker(enabled=main)
@@ -189,8 +207,9 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                 raise ConfigError(f"round {round_}: every pseudo-label was filtered out; lower min_confidence "
                                   f"({cfg.pseudo.min_confidence}) or min_area ({cfg.pseudo.min_area})")
             name = "student" + "*" * (round_ - 1) if round_ <= 3 else f"student{round_}"
-            student = stages.run(f"student{round_}", {**to_flat(student_cfg), "role": name}, _train_stage(
-                student_cfg, accelerator, tracker, data, "student", round_,
+            round_cfg = student_for(student_cfg, cfg.pseudo, previous["best_dir"])
+            student = stages.run(f"student{round_}", {**to_flat(round_cfg), "role": name}, _train_stage(
+                round_cfg, accelerator, tracker, data, "student", round_,
                 {"teacher_version": previous.get("version"), "pseudo_labels": pseudo_stage.get("artifact"),
                  "stage_name": name},
                 train_rows=labelled + pseudo_rows, pseudo={s.id: s.file for s in decisions.kept},
@@ -201,7 +220,8 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                 set_alias(SEGMENTER, "student", student["version"])
                 promote_champion(student["version"], student["val_jaccard"], tracker, data, accelerator.device)
 
-        summary = {r.name: {k: r.outputs.get(k) for k in ("val_jaccard", "val_dice", "val_miou2", "version")}
+        summary = {r.name: {k: r.outputs.get(k) for k in ("val_jaccard", "val_dice", "val_threshold_jaccard", "val_miou2",
+                                                           "version")}
                    for r in history}
         if main:
             for i, r in enumerate(history):

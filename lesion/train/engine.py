@@ -71,15 +71,18 @@ class FitResult:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases, as usual for conv nets.
-    decay, no_decay = [], []
+    """AdamW or SGD; no weight decay on norms and biases; the encoder at lr * encoder_lr_scale."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            in_encoder = name.startswith(("net.encoder.", "encoder."))
+            groups.setdefault((in_encoder, p.ndim <= 1), []).append(p)
+    param_groups = [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+                     "lr": cfg.lr * (cfg.encoder_lr_scale if in_encoder else 1.0)}
+                    for (in_encoder, no_decay), params in sorted(groups.items())]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:

@@ -117,3 +117,20 @@ def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
     assert [m.step for m in client.get_metric_history(student.info.run_id, "val/jaccard")] == [0, 1, 2]
     versions = client.search_model_versions("name='lesion-segmenter'")
     assert sorted(v.tags["role"] for v in versions) == ["student", "teacher"]
+
+
+@pytest.mark.slow
+def test_a_student_can_start_from_its_teacher(tmp_path, tracking):
+    out = run_selftrain(tiny(tmp_path, run_name="warm", iterations=1, student_init="teacher", register="false"))
+    client = MlflowClient()
+    stages = children(client, out["run_id"])
+    tags = stages["student1"].data.tags
+    assert tags["lesion.init.loaded"] == "segmenter", "every tensor of the teacher, not only its encoder"
+    assert tags["lesion.init.source"].endswith("teacher/best")
+
+
+def test_a_student_from_its_teacher_must_share_its_encoder(tmp_path):
+    from lesion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="student_init=teacher needs the teacher's encoder"):
+        run_selftrain(tiny(tmp_path, student_init="teacher", student_encoder="resnet34"))

@@ -1,0 +1,31 @@
+"""Engine pieces that need no training run: the optimizer's parameter groups and the schedule."""
+
+from __future__ import annotations
+
+import pytest
+
+from lesion.config import ModelConfig, TrainConfig
+from lesion.models import build_model
+from lesion.train.engine import build_optimizer, lr_lambda
+
+
+def test_the_encoder_learns_at_its_own_rate_and_norms_skip_weight_decay():
+    model = build_model(ModelConfig())
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3, weight_decay=0.01, encoder_lr_scale=0.1))
+    encoder = {id(p) for p in model.encoder.parameters()}
+    seen = 0
+    for group in optimizer.param_groups:
+        params = group["params"]
+        in_encoder = {id(p) in encoder for p in params}
+        assert len(in_encoder) == 1, "a group is either all encoder or all decoder/head"
+        assert group["lr"] == pytest.approx(1e-4 if in_encoder.pop() else 1e-3)
+        assert group["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in params) else 0.01)
+        seen += len(params)
+    assert seen == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_warmup_then_cosine_to_zero():
+    factor = lr_lambda(TrainConfig(warmup_epochs=1, schedule="cosine"), total_steps=20, steps_per_epoch=4)
+    assert factor(0) < factor(3) <= 1.0
+    assert factor(4) == pytest.approx(1.0)
+    assert factor(20) == pytest.approx(0.0, abs=1e-9)

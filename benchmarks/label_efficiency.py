@@ -1,7 +1,6 @@
 """Label-efficiency benchmarks on real dermoscopy (default: ../shared/data/isic2017-sample), CPU-sized.
 
     python -m benchmarks.label_efficiency finetune   # U-Net from random init with 10% and 100% of the labels
-    python -m benchmarks.label_efficiency ssl        # pretrain, then 10% fine-tunes from SSL and from random init
     python -m benchmarks.label_efficiency selftrain  # Noisy Student with 10% of the labels: teacher, student, student*
 
 Every run goes through the same functions as the entry points and is tracked in
@@ -13,18 +12,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 from benchmarks.common import SAMPLE, machine
-from lesion.config import FinetuneConfig, PretrainConfig, SelftrainConfig, from_flat
+from lesion.config import FinetuneConfig, SelftrainConfig, from_flat
 
 HERE = Path(__file__).resolve().parent
 
 
 def common(args) -> dict:
     return {"data": args.data, "image_size": args.size, "batch_size": args.batch, "seed": args.seed,
-            "experiment": "lesion-benchmarks", "output_dir": str(HERE / "outputs"), "picture_every": 5}
+            "experiment": "lesion-benchmarks", "output_dir": str(HERE / "outputs"), "picture_every": 5,
+            **dict(kv.split("=", 1) for kv in args.set)}
 
 
 def finetune(args, label_fraction: float, epochs: int, name: str, encoder_init: str = "random") -> dict:
@@ -50,32 +51,26 @@ def table(rows: list[dict], started: float, command: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["finetune", "ssl", "selftrain"])
+    parser.add_argument("experiment", choices=["finetune", "selftrain"],
+                        help="SSL vs random init has its own script: python -m benchmarks.ssl_pretrain")
     parser.add_argument("--data", default=str(SAMPLE))
     parser.add_argument("--size", type=int, default=128, help="working resolution (128 keeps CPU runs short)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--epochs_few", type=int, default=30, help="epochs with 10%% of the labels")
     parser.add_argument("--epochs_all", type=int, default=15, help="epochs with all labels")
-    parser.add_argument("--epochs_ssl", type=int, default=6, help="SSL pretraining epochs")
     parser.add_argument("--epochs_student", type=int, default=10, help="epochs per student")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="extra parameters for every run, e.g. noise=0.5 or student_init=teacher")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{HERE / 'mlflow.db'}")
-    started, command = time.time(), "python -m benchmarks.label_efficiency " + args.experiment
-    tag = f"{args.size}px-s{args.seed}"
+    started, command = time.time(), "python -m benchmarks.label_efficiency " + " ".join(sys.argv[1:])
+    tag = f"{args.size}px-s{args.seed}" + "".join(f"-{kv}" for kv in args.set)
     rows: list[dict] = []
     if args.experiment == "finetune":
         rows.append({**finetune(args, 0.1, args.epochs_few, f"random-10pct-{tag}"), "labels": "10% (46)"})
         rows.append({**finetune(args, 1.0, args.epochs_all, f"random-100pct-{tag}"), "labels": "100% (456)"})
-    elif args.experiment == "ssl":
-        from lesion.ssl.pretrain import run_pretrain
-
-        pre = run_pretrain(from_flat(PretrainConfig, {**common(args), "epochs": args.epochs_ssl, "lr": args.lr,
-                                                      "run_name": f"ssl-{tag}"}))
-        encoder = pre["encoder_dir"]
-        rows.append({**finetune(args, 0.1, args.epochs_few, f"ssl-init-10pct-{tag}", encoder), "labels": "10% (46)"})
-        rows.append({**finetune(args, 0.1, args.epochs_few, f"random-init-10pct-{tag}"), "labels": "10% (46)"})
     else:
         from lesion.selftrain.loop import run_selftrain
 

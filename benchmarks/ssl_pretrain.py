@@ -48,11 +48,13 @@ def finetune(args: argparse.Namespace, name: str, encoder_init: str) -> dict:
     from lesion.train.finetune import run_finetune
 
     started = time.time()
+    overrides = dict(kv.split("=", 1) for kv in args.ft_set)
     out = run_finetune(from_flat(FinetuneConfig, {
         **common(args), "label_fraction": args.label_fraction, "epochs": args.epochs, "lr": args.lr,
-        "encoder_init": encoder_init, "run_name": name, "register": False}))
+        "encoder_init": encoder_init, "run_name": name, "register": False, **overrides}))
     best = next(h for h in out["history"] if h["epoch"] == out["best_epoch"])
-    return {"name": name, "init": encoder_init, "best": best, "last": out["history"][-1],
+    last5 = sum(h["val/jaccard"] for h in out["history"][-5:]) / len(out["history"][-5:])
+    return {"name": name, "init": encoder_init, "best": best, "last": out["history"][-1], "last5": last5,
             "minutes": (time.time() - started) / 60}
 
 
@@ -69,11 +71,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="extra pretrain parameters, e.g. queue_size=256 tile_jitter=0.2")
+    parser.add_argument("--ft_set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="extra fine-tuning parameters (both inits), e.g. encoder_lr_scale=0.1")
     parser.add_argument("--encoder_init", default="", help="skip pretraining: fine-tune from this encoder URI/folder")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{HERE / 'mlflow.db'}")
     started = time.time()
-    tag = f"{args.size}px-e{args.ssl_epochs}-s{args.seed}" + "".join(f"-{kv}" for kv in args.set)
+    tag = f"{args.size}px-e{args.ssl_epochs}-s{args.seed}" + "".join(f"-{kv}" for kv in args.set + args.ft_set)
     labels = f"{args.label_fraction:.0%}"
 
     pre = None
@@ -93,11 +97,12 @@ def main() -> None:
               f"loss {first['pretrain/loss']:.3f} -> {last['pretrain/loss']:.3f} "
               f"(reconstruction {first['pretrain/reconstruction']:.3f} -> {last['pretrain/reconstruction']:.3f}, "
               f"invariance {first['pretrain/invariance']:.3f} -> {last['pretrain/invariance']:.3f})\n")
-    print(f"| init | labels | epochs | best val/jaccard (epoch) | val/dice at best | val/jaccard last epoch | minutes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| init | labels | epochs | best val/jaccard (epoch) | val/dice at best | val/jaccard last epoch | "
+          "mean of last 5 | minutes |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['init']} | {labels} | {args.epochs} | {r['best']['val/jaccard']:.4f} ({r['best']['epoch'] + 1}) | "
-              f"{r['best']['val/dice']:.4f} | {r['last']['val/jaccard']:.4f} | {r['minutes']:.1f} |")
+              f"{r['best']['val/dice']:.4f} | {r['last']['val/jaccard']:.4f} | {r['last5']:.4f} | {r['minutes']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from lesion.data.prepare import PreparedData, prepare_data
 from lesion.data.splits import Row, select, unlabelled_pool
 from lesion.errors import ConfigError
 from lesion.models.io import load_model, resolve_artifact_dir
-from lesion.selftrain.pseudo import DECISIONS, pseudo_label, read_stats, select_pseudo_labels, mean_valid_fraction
+from lesion.selftrain.pseudo import (DECISIONS, PseudoStats, mean_valid_fraction, pseudo_label, read_stats,
+                                    select_pseudo_labels)
 from lesion.tracking import SEGMENTER, Tracker, finished_stage, set_alias, write_json
 from lesion.train.engine import make_accelerator
 from lesion.train.finetune import fresh_workdir, promote_champion, shared_run_name, train_segmenter
@@ -184,14 +185,17 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                 pseudo_label(model, pool, data.cache, accelerator, folder, cfg.train.batch_size, cfg.pseudo.tta)
                 out: dict[str, Any] = {"folder": str(folder)}
                 if main:
-                    selection = select_pseudo_labels(read_stats(folder), cfg.pseudo.min_confidence,
+                    stats = read_stats(folder)
+                    selection = select_pseudo_labels(stats, cfg.pseudo.min_confidence,
                                                      cfg.pseudo.min_area, folder / DECISIONS)
                     summary = {**selection.summary(), "pool": len(pool),
                                "valid_pixel_fraction": mean_valid_fraction(selection, cfg.pseudo.threshold)}
                     tracker.log_metrics({f"pseudo/{k}": v for k, v in summary.items()}, step=round_)
                     tracker.log_artifact(folder / DECISIONS, "pseudo_labels")
                     tracker.log_artifact(folder / "probabilities", "pseudo_labels/probabilities")
-                    tracker.log_image(_pseudo_picture(selection, data), f"pictures/pseudo_labels_round{round_}.png")
+                    picture = _pseudo_picture(stats, selection, data)
+                    if picture is not None:
+                        tracker.log_image(picture, f"pictures/pseudo_labels_round{round_}.png")
                     out.update(summary, artifact=f"runs:/{tracker.run_id}/pseudo_labels")
                     print(f"[lesion] round {round_}: kept {summary['kept']} of {len(pool)} pseudo-labels "
                           f"({summary['valid_pixel_fraction']:.1%} of their pixels above threshold {cfg.pseudo.threshold})")
@@ -199,13 +203,15 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
 
             pseudo_stage = stages.run(f"pseudo{round_}", {"teacher_version": previous.get("version"), **to_flat(cfg.pseudo)},
                                       label)
-            decisions = select_pseudo_labels(read_stats(pseudo_stage["folder"]), cfg.pseudo.min_confidence,
-                                             cfg.pseudo.min_area)
+            stats = read_stats(pseudo_stage["folder"])
+            decisions = select_pseudo_labels(stats, cfg.pseudo.min_confidence, cfg.pseudo.min_area)
             by_id = {r.id: r for r in pool}
             pseudo_rows = [by_id[s.id] for s in decisions.kept]
             if not pseudo_rows:
-                raise ConfigError(f"round {round_}: every pseudo-label was filtered out; lower min_confidence "
-                                  f"({cfg.pseudo.min_confidence}) or min_area ({cfg.pseudo.min_area})")
+                best = max((s.mean_confidence for s in stats), default=0.0)
+                raise ConfigError(f"round {round_}: every pseudo-label was filtered out (the most confident image has "
+                                  f"mean confidence {best:.3f}); lower min_confidence ({cfg.pseudo.min_confidence}) "
+                                  f"or min_area ({cfg.pseudo.min_area}), or train the teacher longer")
             name = "student" + "*" * (round_ - 1) if round_ <= 3 else f"student{round_}"
             round_cfg = student_for(student_cfg, cfg.pseudo, previous["best_dir"])
             student = stages.run(f"student{round_}", {**to_flat(round_cfg), "role": name}, _train_stage(
@@ -236,15 +242,19 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
     return {"run_id": tracker.run_id, "run_name": run_name, "stages": summary, "workdir": str(workdir)}
 
 
-def _pseudo_picture(selection, data: PreparedData, count: int = 4) -> np.ndarray:
+def _pseudo_picture(stats: list[PseudoStats], selection, data: PreparedData, count: int = 4) -> np.ndarray | None:
+    """Pseudo-labels over their images: kept ones first, then dropped ones, each titled with its decision."""
     from lesion.data.datasets import load_pseudo_label
     from lesion.plots import overlay_grid
 
-    kept = selection.kept[:count]
-    images = [data.cache.load(s.image, None).image for s in kept]
-    probs = [load_pseudo_label(s.file) for s in kept]
-    return overlay_grid(images, [p >= 0.5 for p in probs], [p >= 0.5 for p in probs],
-                        titles=[f"{s.id} conf {s.mean_confidence:.2f}" for s in kept])
+    kept = {s.id for s in selection.kept}
+    shown = sorted(stats, key=lambda s: s.id not in kept)[:count]
+    if not shown:
+        return None
+    images = [data.cache.load(s.image, None).image for s in shown]
+    masks = [load_pseudo_label(s.file) >= 0.5 for s in shown]
+    return overlay_grid(images, masks, masks, titles=[f"{s.id} {'kept' if s.id in kept else 'dropped'} "
+                                                      f"conf {s.mean_confidence:.2f}" for s in shown])
 
 
 def _log_comparison(history: list[StageRecord], data: PreparedData, tracker: Tracker, count: int = 4) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from lesion.errors import ConfigError
 from lesion.tracking import write_json
 
 PROGRESS = "progress.json"
@@ -43,5 +44,12 @@ def load_checkpoint(accelerator: Accelerator, workdir: str | Path) -> dict[str, 
     state = latest_state(workdir)
     if state is None:
         return None
-    accelerator.load_state(str(state))
+    try:
+        accelerator.load_state(str(state))
+    except (ValueError, RuntimeError, KeyError, EOFError, OSError) as err:
+        # Another model, optimizer or lesion version wrote it: say so instead of a torch traceback.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{state}: cannot resume from this checkpoint ({first}); it was written by another "
+                          "configuration or lesion version: pass a new run_name, or delete the folder to start over"
+                          ) from None
     return json.loads((state / PROGRESS).read_text())

@@ -134,3 +134,12 @@ def test_a_student_from_its_teacher_must_share_its_encoder(tmp_path):
 
     with pytest.raises(ConfigError, match="student_init=teacher needs the teacher's encoder"):
         run_selftrain(tiny(tmp_path, student_init="teacher", student_encoder="resnet34"))
+
+
+def test_when_every_pseudo_label_is_dropped_the_error_says_what_to_change(tmp_path, tracking):
+    from lesion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"every pseudo-label was filtered out .*lower min_confidence \(0.9999\)"):
+        run_selftrain(tiny(tmp_path, iterations=1, min_confidence=0.9999, register="false"))
+    pictures = list((tmp_path / "outputs").rglob("pseudo_labels.csv"))
+    assert pictures, "the decisions are still written, to see why"

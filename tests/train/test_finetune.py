@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 
 import lesion.train.finetune as finetune_module
 from lesion.config import from_flat, FinetuneConfig
+from lesion.errors import ConfigError
 from lesion.train.finetune import run_finetune
 
 TINY = {"data": "synthetic:n=40,size=64,seed=1", "image_size": 64, "batch_size": 8, "epochs": 3, "lr": 3e-3,
@@ -93,3 +94,19 @@ def test_champion_gate_rescores_the_champion_on_the_candidates_validation_images
     assert not worse["champion"]["promoted"]
     assert worse["champion"]["champion_val_jaccard"] == pytest.approx(strong["best_val_jaccard"], abs=1e-6)
     assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == strong["version"]
+
+
+def test_resuming_with_another_model_is_a_clear_error(tmp_path, tracking, monkeypatch):
+    real_fit = finetune_module.fit
+
+    def crashing_fit(*args, **kwargs):
+        def crash(epoch, record):
+            raise Crash("simulated crash after epoch 1")
+        return real_fit(*args, **{**kwargs, "epoch_callback": crash})
+
+    monkeypatch.setattr(finetune_module, "fit", crashing_fit)
+    with pytest.raises(Crash):
+        run_finetune(tiny_config(tmp_path, run_name="changed", register=False, epochs=2))
+    monkeypatch.setattr(finetune_module, "fit", real_fit)
+    with pytest.raises(ConfigError, match="cannot resume from this checkpoint .* pass a new run_name"):
+        run_finetune(tiny_config(tmp_path, run_name="changed", register=False, epochs=2, arch="deeplabv3plus"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import tempfile
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -129,12 +130,14 @@ def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
     if champion is None or count <= 0:
         return None, []
     model, meta = load_model(f"models:/{SEGMENTER}/{champion.version}")
-    try:
-        manifest = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="data/manifest.csv")
-    except Exception as err:  # MLflow raises many types; the user needs one line
-        raise ConfigError(f"the champion's run {champion.run_id} has no data/manifest.csv ({type(err).__name__}); "
-                          "pass gallery=0 or re-train the champion with lesion") from None
-    rows = select(read_manifest(manifest), "val", labelled=True)
+    with tempfile.TemporaryDirectory(prefix="lesion-") as tmp:
+        try:
+            manifest = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path="data/manifest.csv",
+                                                           dst_path=tmp)
+        except Exception as err:  # MLflow raises many types; the user needs one line
+            raise ConfigError(f"the champion's run {champion.run_id} has no data/manifest.csv "
+                              f"({type(err).__name__}); pass gallery=0 or re-train the champion with lesion") from None
+        rows = select(read_manifest(manifest), "val", labelled=True)
     cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), DataConfig().max_pixels)
     samples = [cache.load(r.image, r.mask) for r in rows]
     probs = predict_images(model, [s.image for s in samples], cache.size)

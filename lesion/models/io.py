@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,8 @@ def save_encoder(encoder: nn.Module, encoder_name: str, folder: str | Path, **ex
     return folder
 
 
-def resolve_artifact_dir(source: str) -> Path:
-    """A local folder for a model URI (models:/name@alias, runs:/id/path, ...) or a path."""
+def resolve_artifact_dir(source: str, dst: str | Path | None = None) -> Path:
+    """A local folder for a model URI (models:/name@alias, runs:/id/path, ...), downloaded into dst, or a path."""
     if source.startswith(URI_SCHEMES):
         import mlflow
 
@@ -67,7 +69,8 @@ def resolve_artifact_dir(source: str) -> Path:
 
         configure_tracking()
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tempfile.mkdtemp(prefix="lesion-")))
+            return Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(dst or tempfile.mkdtemp(prefix="lesion-"))))
         except Exception as err:  # MLflow raises many types; the user needs one line
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(f"cannot load {source}: {first}; check the name/alias with `mlflow ui` or pass a local folder") from None
@@ -75,6 +78,16 @@ def resolve_artifact_dir(source: str) -> Path:
     if not path.exists():
         raise ConfigError(f"{source}: no such model folder or URI; pass models:/NAME@ALIAS, runs:/RUN_ID/PATH or a folder")
     return path
+
+
+@contextmanager
+def artifact_dir(source: str) -> Iterator[Path]:
+    """resolve_artifact_dir for reading once: a downloaded copy is deleted on exit (no temp folder left behind)."""
+    if not source.startswith(URI_SCHEMES):
+        yield resolve_artifact_dir(source)
+        return
+    with tempfile.TemporaryDirectory(prefix="lesion-") as tmp:
+        yield resolve_artifact_dir(source, tmp)
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -114,15 +127,15 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str,
 
 def init_encoder(model: LesionSegmenter, encoder_init: str) -> dict[str, Any]:
     """Initialise model in place from encoder_init (not random/imagenet); returns what was loaded."""
-    folder = resolve_artifact_dir(encoder_init)
-    kind, weights, meta = find_weights(folder)
+    with artifact_dir(encoder_init) as folder:
+        kind, weights, meta = find_weights(folder)
+        state = load_file(str(weights))
     wanted = timm_encoder_name(model.config.encoder)
     if meta.get("encoder") != wanted:
         raise ConfigError(
             f"{encoder_init} holds a {meta.get('encoder')} encoder but this model uses {wanted}; "
             f"pass encoder={str(meta.get('encoder', '')).removeprefix('tu-')} or another encoder_init"
         )
-    state = load_file(str(weights))
     if kind == "segmenter" and meta.get("arch") == model.config.arch:
         load_checked(model, state, encoder_init)
         return {"loaded": "segmenter", "tensors": len(state), "source": encoder_init}
@@ -140,13 +153,14 @@ def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
 
 def load_model(source: str, map_location: str = "cpu") -> tuple[LesionSegmenter, dict[str, Any]]:
     """A segmenter and its meta from a URI or folder; dropout/drop_path are off for inference."""
-    folder = resolve_artifact_dir(source)
-    kind, weights, meta = find_weights(folder)
+    with artifact_dir(source) as folder:
+        kind, weights, meta = find_weights(folder)
+        state = load_file(str(weights), device=map_location) if kind == "segmenter" else {}
     if kind != "segmenter":
         raise ConfigError(f"{source} is an SSL encoder, not a segmenter; fine-tune it first (encoder_init={source})")
     config = model_config_from_meta(meta)
     config.dropout, config.drop_path = 0.0, 0.0
     model = build_model(config)
-    load_checked(model, load_file(str(weights), device=map_location), source)
+    load_checked(model, state, source)
     model.eval()
     return model, meta

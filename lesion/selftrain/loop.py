@@ -30,7 +30,7 @@ from lesion.data.datasets import SegmentationDataset
 from lesion.data.prepare import PreparedData, prepare_data
 from lesion.data.splits import Row, select, unlabelled_pool
 from lesion.errors import ConfigError
-from lesion.models.io import load_model, resolve_artifact_dir
+from lesion.models.io import artifact_dir, load_model
 from lesion.selftrain.pseudo import (DECISIONS, PseudoStats, mean_valid_fraction, pseudo_label, read_stats,
                                     select_pseudo_labels)
 from lesion.tracking import SEGMENTER, Tracker, finished_stage, set_alias, write_json
@@ -46,11 +46,12 @@ def apply_params(cfg: SelftrainConfig) -> SelftrainConfig:
     if not cfg.pseudo.params:
         return cfg
     source = cfg.pseudo.params
-    path = Path(source)
-    if not path.is_file():
-        folder = resolve_artifact_dir(source)
-        path = folder if folder.is_file() else next(iter(sorted(folder.rglob("*.json"))), folder)
-    values = load_params_file(str(path))
+    if Path(source).is_file():
+        values = load_params_file(source)
+    else:
+        with artifact_dir(source) as folder:
+            path = folder if folder.is_file() else next(iter(sorted(folder.rglob("*.json"))), folder)
+            values = load_params_file(str(path))
     print(f"[lesion] applying {len(values)} tuned parameter(s) from {source}: {values}")
     return replace_flat(cfg, **values)
 

@@ -16,7 +16,7 @@ import lesion.ssl.pretrain as pretrain_module
 from lesion.cli import run_entry_point
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
 from lesion.errors import ConfigError
-from lesion.models.io import resolve_artifact_dir
+from lesion.models.io import artifact_dir
 from lesion.ssl.pretrain import run_pretrain
 from lesion.tracking import Tracker
 from lesion.train.finetune import build_initialised_model, run_finetune
@@ -75,13 +75,15 @@ def test_pretraining_lowers_its_loss_logs_and_registers_the_encoder(pretrained, 
     expected = {"encoder": "resnet18", "data": DATA, "image_size": "64", "epochs": "2", "parent_run": run.info.run_id}
     assert {k: version.tags.get(k) for k in expected} == expected
     for uri in ("models:/lesion-encoder/latest", "models:/lesion-encoder@ssl"):
-        folder = resolve_artifact_dir(uri)
-        assert json.loads((folder / "encoder.json").read_text())["encoder"] == "tu-resnet18"
-        assert (folder / "encoder.safetensors").is_file()
+        with artifact_dir(uri) as folder:
+            assert json.loads((folder / "encoder.json").read_text())["encoder"] == "tu-resnet18"
+            assert (folder / "encoder.safetensors").is_file()
+        assert not folder.exists(), "a downloaded copy must not be left in the temp folder"
 
 
 def test_finetuning_from_the_uri_loads_every_encoder_tensor(pretrained, store):
-    logged = load_file(str(resolve_artifact_dir("models:/lesion-encoder/latest") / "encoder.safetensors"))
+    with artifact_dir("models:/lesion-encoder/latest") as folder:
+        logged = load_file(str(folder / "encoder.safetensors"))
     base = {"data": DATA, "image_size": 64, "encoder_init": "models:/lesion-encoder/latest"}
     for arch in ("unet", "pspnet", "deeplabv3plus"):  # PSPNet's encoder has 3 stages: it takes that subset
         model = build_initialised_model(from_flat(FinetuneConfig, {**base, "arch": arch}), Tracker(enabled=False))

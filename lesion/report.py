@@ -1,7 +1,8 @@
 """The label-efficiency report, built from the tracking store, and the sweep that feeds it.
 
 For every finetune run and every self-training stage it reads the label
-fraction and the best validation Jaccard/Dice, then draws what users of
+fraction, the best checkpoint's validation Jaccard/Dice and, where the data
+has a labelled test split, the same checkpoint's test Jaccard/Dice, then draws what users of
 label-efficient methods compare: metric against label fraction, one line per
 method (supervised from random init, from SSL init, self-trained teacher,
 student, student*), the gain of each student over its teacher, and a gallery
@@ -62,8 +63,27 @@ def collect(client, runs: list) -> list[dict[str, Any]]:
             fraction = client.get_run(parent).data.params.get("label_fraction")
         rows.append({"method": method, "label_fraction": float(fraction or 1.0), "run_id": run.info.run_id,
                      "parent": parent or "", "val_jaccard": metrics["best/val_jaccard"],
-                     "val_dice": metrics.get("best/val_dice", float("nan")), "data": params.get("data", "")})
+                     "val_dice": metrics.get("best/val_dice", float("nan")),
+                     "test_jaccard": metrics.get("best/test_jaccard", float("nan")),
+                     "test_dice": metrics.get("best/test_dice", float("nan")), "data": params.get("data", "")})
     return rows
+
+
+SCORES = ("val_jaccard", "val_dice", "test_jaccard", "test_dice")
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def has_test(table: list[dict[str, Any]]) -> bool:
+    return any(np.isfinite(v) for t in table for k, v in t.items() if "test" in k and isinstance(v, float))
+
+
+def _visible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Test columns only where some run was scored on a test split."""
+    return rows if has_test(rows) else [{k: v for k, v in r.items() if "test" not in k} for r in rows]
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,9 +92,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         groups[(r["method"], r["label_fraction"])].append(r)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    table = [{"method": m, "label_fraction": f, "runs": len(g),
-              "val_jaccard": float(np.mean([r["val_jaccard"] for r in g])),
-              "val_dice": float(np.nanmean([r["val_dice"] for r in g]))} for (m, f), g in groups.items()]
+    table = [{"method": m, "label_fraction": f, "runs": len(g), **{k: _mean([r[k] for r in g]) for k in SCORES}}
+             for (m, f), g in groups.items()]
     return sorted(table, key=lambda t: (order.get(t["method"], 99), t["label_fraction"]))
 
 
@@ -91,15 +110,22 @@ def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if teacher and name.startswith("student"):
                 out.append({"stage": name, "label_fraction": r["label_fraction"],
                             "gain_jaccard": r["val_jaccard"] - teacher["val_jaccard"],
-                            "gain_dice": r["val_dice"] - teacher["val_dice"]})
+                            "gain_dice": r["val_dice"] - teacher["val_dice"],
+                            "gain_test_jaccard": r["test_jaccard"] - teacher["test_jaccard"]})
     return sorted(out, key=lambda g: (g["label_fraction"], g["stage"]))
 
 
 def curves_figure(table: list[dict[str, Any]]) -> plt.Figure:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, title in ((axes[0], "val_jaccard", "validation Jaccard"), (axes[1], "val_dice", "validation Dice")):
+    """Metric against label fraction, one line per method: validation, plus test where runs were scored on one."""
+    panels = [("val_jaccard", "validation Jaccard"), ("val_dice", "validation Dice")]
+    if has_test(table):
+        panels += [("test_jaccard", "test Jaccard"), ("test_dice", "test Dice")]
+    fig, axes = plt.subplots(len(panels) // 2, 2, figsize=(11, 4 * len(panels) // 2), squeeze=False)
+    axes = axes.ravel()
+    for ax, (key, title) in zip(axes, panels):
         for method in [m for m in METHOD_ORDER if any(t["method"] == m for t in table)]:
-            points = sorted((t["label_fraction"], t[key]) for t in table if t["method"] == method)
+            points = sorted((t["label_fraction"], t[key]) for t in table
+                            if t["method"] == method and np.isfinite(t[key]))
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
         ax.set_xscale("log")
         ax.set_xlabel("label fraction")
@@ -163,9 +189,11 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
-    lines = ["| method | label fraction | runs | val/jaccard | val/dice |", "|---|---|---|---|---|"]
-    lines += [f"| {t['method']} | {t['label_fraction']:g} | {t['runs']} | {t['val_jaccard']:.4f} | {t['val_dice']:.4f} |"
-              for t in table]
+    keys = list(SCORES if has_test(table) else SCORES[:2])
+    lines = ["| method | label fraction | runs | " + " | ".join(k.replace("_", "/") for k in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    lines += [f"| {t['method']} | {t['label_fraction']:g} | {t['runs']} | "
+              + " | ".join(f"{t[k]:.4f}" for k in keys) + " |" for t in table]
     return "\n".join(lines)
 
 
@@ -205,9 +233,12 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
         plt.imsave(out / "champion_worst.png", gallery)
     page = ["<html><head><meta charset='utf-8'><title>lesion: label-efficiency report</title></head>",
             "<body style='font-family:sans-serif;max-width:1100px;margin:auto'>",
-            "<h1>Label-efficiency report</h1>", "<h2>Validation scores by method and label fraction</h2>",
-            _html_table(table), _img_tag(out / "label_efficiency.png"),
-            "<h2>Gain of each student over its teacher</h2>", _html_table(stage_gains)]
+            "<h1>Label-efficiency report</h1>",
+            f"<h2>{'Validation and test' if has_test(table) else 'Validation'} scores by method and label fraction</h2>",
+            "<p>Each run's best checkpoint (by validation Jaccard); ISIC metrics at the masks' original resolution, "
+            "macro-averaged over images; the mean over runs with the same method and label fraction.</p>",
+            _html_table(_visible(table)), _img_tag(out / "label_efficiency.png"),
+            "<h2>Gain of each student over its teacher</h2>", _html_table(_visible(stage_gains))]
     if gallery is not None:
         page += ["<h2>The champion's worst validation images</h2>",
                  "<p>green: ground truth, red: prediction</p>", _img_tag(out / "champion_worst.png")]
@@ -219,7 +250,8 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
     print(format_table(table))
     for g in stage_gains:
         print(f"gain of {g['stage']} over its teacher at {g['label_fraction']:g}: "
-              f"{g['gain_jaccard']:+.4f} Jaccard, {g['gain_dice']:+.4f} Dice")
+              f"{g['gain_jaccard']:+.4f} Jaccard, {g['gain_dice']:+.4f} Dice (validation)"
+              + (f", {g['gain_test_jaccard']:+.4f} test Jaccard" if np.isfinite(g["gain_test_jaccard"]) else ""))
     print(f"[lesion] report: {out / 'report.html'}")
     return {"table": table, "gains": stage_gains, "worst": worst, "out": str(out), "run_id": tracker.run_id}
 

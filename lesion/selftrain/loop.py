@@ -142,6 +142,7 @@ def _train_stage(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker
                 "val_jaccard": stage.fit.best_score, "val_dice": best.get("val/dice", float("nan")),
                 "val_miou2": best.get("val/miou2", float("nan")),
                 "val_threshold_jaccard": best.get("val/threshold_jaccard", float("nan")),
+                "test_jaccard": (stage.test or {}).get("jaccard"), "test_dice": (stage.test or {}).get("dice"),
                 "train_images": len(train_rows or [])}
     return work
 
@@ -228,17 +229,21 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                 promote_champion(student["version"], student["val_jaccard"], tracker, data, accelerator.device)
 
         summary = {r.name: {k: r.outputs.get(k) for k in ("val_jaccard", "val_dice", "val_threshold_jaccard", "val_miou2",
-                                                           "version")}
+                                                           "test_jaccard", "test_dice", "version")}
                    for r in history}
         if main:
             for i, r in enumerate(history):
                 tracker.log_metrics({"stage/val_jaccard": r.outputs["val_jaccard"],
-                                     "stage/val_dice": r.outputs["val_dice"]}, step=i)
+                                     "stage/val_dice": r.outputs["val_dice"],
+                                     **{f"stage/{k}": r.outputs[k] for k in ("test_jaccard", "test_dice")
+                                        if r.outputs.get(k) is not None}}, step=i)
             _log_comparison(history, data, tracker)
             write_json(workdir / "selftrain.json", summary)
             tracker.log_artifact(workdir / "selftrain.json", "selftrain")
             for name, s in summary.items():
-                print(f"[lesion] {name:10s} val/jaccard {s['val_jaccard']:.4f}  val/dice {s['val_dice']:.4f}  "
+                test = (f"test/jaccard {s['test_jaccard']:.4f}  test/dice {s['test_dice']:.4f}  "
+                        if s.get("test_jaccard") is not None else "")
+                print(f"[lesion] {name:10s} val/jaccard {s['val_jaccard']:.4f}  val/dice {s['val_dice']:.4f}  {test}"
                       f"lesion-segmenter v{s['version']}")
     return {"run_id": tracker.run_id, "run_name": run_name, "stages": summary, "workdir": str(workdir)}
 

@@ -58,6 +58,17 @@ class StageResult:
     model_uri: str | None
     version: str | None
     data: PreparedData
+    test: dict[str, float] | None = None  # the best model's ISIC metrics on the labelled test split, if any
+
+
+def score_test_split(best_dir: Path, data: PreparedData, batch_size: int,
+                     device: torch.device | str) -> dict[str, float] | None:
+    """The best checkpoint on the held-out test split (official where the source has one): reported, never selected on."""
+    test_rows = select(data.rows, "test", labelled=True)
+    if not test_rows:
+        return None
+    model, _ = load_model(str(best_dir))
+    return score_rows(model.to(device), test_rows, data.cache, batch_size, device)
 
 
 def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker, workdir: Path, role: str,
@@ -87,8 +98,9 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
     result = fit(model, train_ds, val_ds, data.cache, cfg.train, accelerator, tracker, workdir, data.image_size,
                  seed=cfg.run.seed, num_workers=resolve_workers(cfg.data.num_workers), stage=role,
                  sampler_weights=sampler_weights, epoch_callback=epoch_callback)
-    model_uri = version = None
+    model_uri = version = test = None
     if accelerator.is_main_process and tracker.active and result.history:
+        test = score_test_split(result.best_dir, data, cfg.train.batch_size, accelerator.device)
         done = tracker.tags()
         if "lesion.model_uri" in done:  # logged before a crash: never twice
             model_uri, version = done["lesion.model_uri"], done.get("lesion.model_version")
@@ -100,12 +112,18 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
                 tags = {"role": role, "label_fraction": cfg.data.label_fraction, "data": cfg.data.data,
                         "parent_run": tracker.run_id, "val_jaccard": f"{result.best_score:.6f}",
                         "arch": cfg.model.arch, "encoder": cfg.model.encoder, **(extra_tags or {})}
+                if test:
+                    tags["test_jaccard"] = f"{test['jaccard']:.6f}"
                 version = register(model_uri, SEGMENTER, tags)
                 tracker.set_tags({"lesion.model_version": version})
         best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
-        tracker.log_metrics({"best/val_jaccard": result.best_score, "best/val_dice": best["val/dice"]},
+        tracker.log_metrics({"best/val_jaccard": result.best_score, "best/val_dice": best["val/dice"],
+                             **{f"best/test_{k}": v for k, v in (test or {}).items()}},
                             step=max(0, result.best_epoch))
-    return StageResult(result, model_uri, version, data)
+        if test:
+            print(f"[lesion] {role} best checkpoint on the {len(select(data.rows, 'test', labelled=True))} test "
+                  f"images: test/jaccard {test['jaccard']:.4f} test/dice {test['dice']:.4f}")
+    return StageResult(result, model_uri, version, data, test)
 
 
 def promote_champion(version: str, score: float, tracker: Tracker, data: PreparedData,
@@ -161,7 +179,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         tracker.log_params({f"data.{k}": v for k, v in data.summary().items()})
         stage = train_segmenter(cfg, accelerator, tracker, workdir, "supervised", data)
         out = {"run_id": tracker.run_id, "run_name": run_name, "best_val_jaccard": stage.fit.best_score,
-               "best_epoch": stage.fit.best_epoch, "model_uri": stage.model_uri, "version": stage.version,
+               "best_epoch": stage.fit.best_epoch, "test": stage.test, "model_uri": stage.model_uri, "version": stage.version,
                "history": stage.fit.history, "num_processes": accelerator.num_processes, "workdir": str(workdir)}
         if accelerator.is_main_process and stage.version:
             out["champion"] = promote_champion(stage.version, stage.fit.best_score, tracker, data, accelerator.device)

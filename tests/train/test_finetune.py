@@ -41,6 +41,24 @@ def test_finetune_learns_logs_and_registers(tmp_path, tracking):
     version = client.get_model_version("lesion-segmenter", out["version"])
     assert version.tags["role"] == "supervised" and version.tags["parent_run"] == run.info.run_id
     assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == out["version"]
+    assert out["test"] is None and "best/test_jaccard" not in run.data.metrics, "no test split, no test score"
+
+
+def test_the_best_checkpoint_is_scored_on_the_test_split_as_evaluate_scores_it(tmp_path, tracking):
+    from lesion.config import EvaluateConfig
+    from lesion.evaluate import run_evaluate
+
+    out = run_finetune(tiny_config(tmp_path, run_name="ft-test", epochs=2, test_fraction=0.25))
+    metrics = MlflowClient().get_run(out["run_id"]).data.metrics
+    version = MlflowClient().get_model_version("lesion-segmenter", out["version"])
+    evaluated = run_evaluate(from_flat(EvaluateConfig, {
+        "model": f"models:/lesion-segmenter/{out['version']}", "data": TINY["data"], "split": "test",
+        "test_fraction": 0.25, "output_dir": str(tmp_path / "outputs")}))
+    assert evaluated["images"] == 10
+    for name in ("jaccard", "dice", "threshold_jaccard", "sensitivity", "specificity", "accuracy", "miou2"):
+        assert metrics[f"best/test_{name}"] == pytest.approx(evaluated["metrics"][f"test/{name}"], abs=1e-6), name
+        assert out["test"][name] == metrics[f"best/test_{name}"]
+    assert float(version.tags["test_jaccard"]) == pytest.approx(metrics["best/test_jaccard"], abs=1e-6)
 
 
 class Crash(Exception):

@@ -270,18 +270,11 @@ def log_segmenter(model_dir: str | Path, example_png: bytes, tracker: Tracker, n
     return info.model_uri
 
 
-def register(model_uri: str, name: str, tags: dict[str, Any], run_id: str | None = None) -> str:
-    """Register model_uri as a new version of name with tags; returns the version."""
+def register(model_uri: str, name: str, tags: dict[str, Any]) -> str:
+    """Register model_uri as a new version of name (created on first use) with tags; returns the version."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    try:
-        client.create_registered_model(name)
-    except Exception:  # already exists
-        pass
-    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}).version
-    return str(version)
+    return str(mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}).version)
 
 
 def set_alias(name: str, alias: str, version: str) -> None:

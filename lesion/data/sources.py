@@ -238,7 +238,7 @@ def _parse(data: str) -> tuple[str | None, str]:
 
 
 def _folder_path(text: str, what: str) -> Path:
-    path = Path(text.strip()).expanduser().absolute()
+    path = Path(text.strip()).expanduser().resolve()  # absolute, without ".." (manifests and messages name real paths)
     if not path.exists():
         raise DataError(f"{path}: no such folder; check the {what} path")
     if not path.is_dir():

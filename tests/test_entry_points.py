@@ -69,12 +69,16 @@ def test_mlflow_run_finetune_then_evaluate_and_predict(tmp_path, tracking, cache
 def test_two_processes_train_together_and_evaluate_like_one(tmp_path, tracking):
     out = tmp_path / "outputs"
     log = run([str(BIN / "lesion"), "launch", "finetune", "--num_processes", "2", "--",
-               "--data", DATA, "--epochs", "1", "--batch_size", "4", "--output_dir", str(out), "--run_name", "two"],
+               "--data", DATA, "--epochs", "2", "--warmup_epochs", "0", "--batch_size", "4", "--output_dir", str(out),
+               "--run_name", "two"],
               cwd=tmp_path)
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.`lesion.run_name` = 'two'")
     assert len(runs) == 1, log[-2000:]
     assert runs[0].data.tags["lesion.num_processes"] == "2", "accelerate must form one group of two processes"
+    lrs = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "train/lr"), key=lambda m: m.step)]
+    assert lrs[0] == pytest.approx(0.5e-3, rel=0.1), "after 1 of 2 epochs the cosine schedule is half-way, not over"
+    assert lrs[1] == pytest.approx(0.0, abs=1e-12)
 
     results = {}
     for n in (1, 2):

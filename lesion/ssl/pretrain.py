@@ -29,7 +29,6 @@ models:/lesion-encoder@ssl` starts from it, for any architecture.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ from lesion.ssl.model import JigsawAutoEncoder
 from lesion.ssl.puzzles import make_puzzle
 from lesion.tracking import ENCODER, Tracker, set_alias, write_json
 from lesion.train.checkpoint import load_checkpoint, save_checkpoint
-from lesion.train.engine import build_optimizer, lr_lambda, make_accelerator, resolve_mixed_precision, resolve_workers
+from lesion.train.engine import build_optimizer, build_scheduler, make_accelerator, resolve_mixed_precision, resolve_workers
 from lesion.train.finetune import fresh_workdir, shared_run_name
 
 PRETRAIN_SPLITS = ("train", "unlabeled")
@@ -193,9 +192,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                             num_workers=resolve_workers(cfg.data.num_workers),
                             generator=torch.Generator().manual_seed(seed))
         optimizer = build_optimizer(model, train)
-        steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes) // train.grad_accum)
-        total_steps = min(steps_per_epoch * train.epochs, train.max_steps or math.inf)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train, total_steps, steps_per_epoch))
+        scheduler, _ = build_scheduler(optimizer, train, len(loader), accelerator.num_processes)
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         queue = EmbeddingQueue(ssl.queue_size, ssl.projection_dim, accelerator.device)
         accelerator.register_for_checkpointing(queue)

@@ -101,6 +101,23 @@ def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> Calla
     return factor
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epoch: int,
+                    num_processes: int) -> tuple[torch.optim.lr_scheduler.LambdaLR, int]:
+    """Warm-up then the schedule, and the optimizer steps each process takes in all (max_steps included).
+
+    Accelerate steps a prepared scheduler num_processes times per optimizer step
+    (each process sees 1/num_processes of the batches), so its length is counted
+    in single-process steps: the schedule then ends with the training, on any
+    number of processes.
+    """
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / num_processes) // cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    factor = lr_lambda(cfg, total_steps * num_processes, steps_per_epoch * num_processes)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), total_steps
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache: PreprocessCache,
              accelerator: Accelerator, prefix: str = "val", tta: bool = False,
@@ -188,12 +205,7 @@ def fit(
         train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator,
                                   drop_last=len(train_ds) > cfg.batch_size, num_workers=num_workers)
     val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, num_workers=num_workers)
-    batches = math.ceil(len(train_loader) / accelerator.num_processes)
-    steps_per_epoch = max(1, batches // cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps, steps_per_epoch))
+    scheduler, _ = build_scheduler(optimizer, cfg, len(train_loader), accelerator.num_processes)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
 

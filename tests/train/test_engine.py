@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import accelerate.scheduler
 import pytest
+import torch
+from accelerate.scheduler import AcceleratedScheduler
 
 from lesion.config import ModelConfig, TrainConfig
 from lesion.models import build_model
-from lesion.train.engine import build_optimizer, lr_lambda
+from lesion.train.engine import build_optimizer, build_scheduler, lr_lambda
 
 
 def test_the_encoder_learns_at_its_own_rate_and_norms_skip_weight_decay():
@@ -29,3 +34,20 @@ def test_warmup_then_cosine_to_zero():
     assert factor(0) < factor(3) <= 1.0
     assert factor(4) == pytest.approx(1.0)
     assert factor(20) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_the_schedule_ends_with_the_training_on_any_number_of_processes(monkeypatch, processes):
+    # Accelerate steps a prepared scheduler once per process for every optimizer step.
+    monkeypatch.setattr(accelerate.scheduler, "AcceleratorState", lambda: SimpleNamespace(num_processes=processes))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler, steps = build_scheduler(optimizer, TrainConfig(epochs=4, lr=1.0, warmup_epochs=0), 16, processes)
+    prepared = AcceleratedScheduler(scheduler, SimpleNamespace(step_was_skipped=False), split_batches=False)
+    lrs = []
+    for _ in range(steps):
+        optimizer.step()
+        prepared.step()
+        lrs.append(prepared.get_last_lr()[0])
+    assert steps == 4 * 16 // processes, "each process takes its share of the optimizer steps"
+    assert lrs[steps // 2 - 1] == pytest.approx(0.5, abs=0.1), "half-way through the training, half-way down"
+    assert lrs[-2] > 0 and lrs[-1] == pytest.approx(0.0, abs=1e-9)

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from lesion.errors import ConfigError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SEGMENTER = "lesion-segmenter"
 ENCODER = "lesion-encoder"
@@ -95,8 +97,15 @@ class Tracker:
     # ---------------------------------------------------------------- runs
     @contextmanager
     def run(self, entry_point: str, run_name: str = "", experiment: str = "", params: dict[str, Any] | None = None,
-            tags: dict[str, str] | None = None, nested: bool = False, stage: str = "") -> Iterator["Tracker"]:
-        """Start (or resume) a run; it ends FINISHED, or FAILED/KILLED on an exception."""
+            tags: dict[str, str] | None = None, nested: bool = False, stage: str = "",
+            strict_params: bool = True) -> Iterator["Tracker"]:
+        """Start (or resume) a run; it ends FINISHED, or FAILED/KILLED on an exception.
+
+        A run that an earlier, unfinished attempt with the same run_name left behind is
+        resumed. With strict_params, resuming with other parameter values is an error:
+        the logged parameters must describe every step of the run. (Workers joining
+        one Optuna study share a run with their own sampler seeds: not strict.)
+        """
         if not self.enabled:
             yield self
             return
@@ -148,10 +157,12 @@ class Tracker:
         if run_name and not env_run:
             mlflow.set_tag("mlflow.runName", run_name)
         mlflow.set_tags(all_tags)
-        if params:
-            self.log_params(params)
         status = "FINISHED"
         try:
+            if params:
+                if self.resumed and strict_params:
+                    self._check_same_params(params, run_name)
+                self.log_params(params)
             yield self
         except KeyboardInterrupt:
             status = "KILLED"
@@ -167,6 +178,16 @@ class Tracker:
     @property
     def active(self) -> bool:
         return self.enabled and self.run_id is not None
+
+    def _check_same_params(self, params: dict[str, Any], run_name: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        logged = MlflowClient().get_run(self.run_id).data.params
+        changed = {k: (logged[k], str(v)) for k, v in params.items() if k in logged and logged[k] != str(v)[:6000]}
+        if changed:
+            listed = ", ".join(f"{k}={new} (logged: {old})" for k, (old, new) in sorted(changed.items())[:5])
+            raise ConfigError(f"run_name {run_name!r} is an unfinished run being resumed, but with other parameters: "
+                              f"{listed}; re-run it unchanged, or pass a new run_name to start a new run")
 
     # ---------------------------------------------------------------- logging
     def log_params(self, params: dict[str, Any]) -> None:
@@ -284,13 +305,16 @@ def set_alias(name: str, alias: str, version: str) -> None:
 
 
 def alias_version(name: str, alias: str):
-    """The ModelVersion under alias, or None."""
+    """The ModelVersion under alias, or None when the model or the alias does not exist (other errors raise)."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
         return MlflowClient().get_model_version_by_alias(name, alias)
-    except Exception:
-        return None
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(err):
+            return None
+        raise
 
 
 def figure_to_png(figure: Any) -> bytes:

@@ -101,7 +101,7 @@ class Study:
             folder = self.workdir / "teacher"
             shutil.rmtree(folder, ignore_errors=True)
             with self.tracker.run("tune", self.cfg.tune.study, params=to_flat(teacher_cfg), nested=True,
-                                  stage="teacher"):
+                                  stage="teacher", strict_params=False):
                 stage = train_segmenter(teacher_cfg, self.accelerator, self.tracker, folder, "teacher", data)
                 model, _ = load_model(str(stage.fit.best_dir))
                 model.to(self.accelerator.device)
@@ -135,7 +135,7 @@ class Study:
         pruned: optuna.TrialPruned | None = None
         with self.tracker.run("tune", self.cfg.tune.study, params={**params, "trial": trial.number,
                                                                    "kept_pseudo_labels": len(pseudo_rows)},
-                              nested=True, stage=f"trial{trial.number}"):
+                              nested=True, stage=f"trial{trial.number}", strict_params=False):
             try:
                 stage = train_segmenter(
                     student_cfg, self.accelerator, self.tracker, folder, "student", data,
@@ -159,7 +159,8 @@ class Study:
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         with self.tracker.run("tune", cfg.tune.study, cfg.run.experiment, params=to_flat(cfg),
-                              tags={"lesion.study": cfg.tune.study, "lesion.storage": _safe_url(cfg.tune.storage)}):
+                              tags={"lesion.study": cfg.tune.study, "lesion.storage": _safe_url(cfg.tune.storage)},
+                              strict_params=False):  # workers of one study share this run, each with its own seed
             worker_dir = self.workdir / f"worker-{os.getpid()}"
             data = prepare_data(cfg.data, cfg.run.seed, worker_dir, self.accelerator.is_main_process,
                                 self.accelerator.wait_for_everyone)

@@ -176,7 +176,7 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
         history.append(StageRecord("teacher", teacher))
         if main and teacher.get("version"):
             set_alias(SEGMENTER, "teacher", teacher["version"])
-            promote_champion(teacher["version"], teacher["val_jaccard"], tracker, data, accelerator.device)
+            promote_champion(teacher["version"], teacher["val_jaccard"], tracker, data, accelerator.device, "teacher")
 
         for round_ in range(1, cfg.pseudo.iterations + 1):
             previous = history[-1].outputs
@@ -226,7 +226,7 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
             history.append(StageRecord(name, student))
             if main and student.get("version"):
                 set_alias(SEGMENTER, "student", student["version"])
-                promote_champion(student["version"], student["val_jaccard"], tracker, data, accelerator.device)
+                promote_champion(student["version"], student["val_jaccard"], tracker, data, accelerator.device, name)
 
         summary = {r.name: {k: r.outputs.get(k) for k in ("val_jaccard", "val_dice", "val_threshold_jaccard", "val_miou2",
                                                            "test_jaccard", "test_dice", "version")}

@@ -139,6 +139,7 @@ def register_encoder(tracker: Tracker, folder: Path, tags: dict[str, Any]) -> st
     MLflow 3's register_model wants a logged model; a plain artifact folder is
     registered with create_model_version, and models:/ URIs download it as is.
     """
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     done = tracker.tags()
@@ -148,8 +149,9 @@ def register_encoder(tracker: Tracker, folder: Path, tags: dict[str, Any]) -> st
     client = MlflowClient()
     try:
         client.create_registered_model(ENCODER)
-    except Exception:  # already exists
-        pass
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
     version = client.create_model_version(ENCODER, source=f"runs:/{tracker.run_id}/encoder", run_id=tracker.run_id,
                                           tags={k: str(v) for k, v in tags.items()}).version
     set_alias(ENCODER, "ssl", str(version))
@@ -193,6 +195,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                             generator=torch.Generator().manual_seed(seed))
         optimizer = build_optimizer(model, train)
         scheduler, _ = build_scheduler(optimizer, train, len(loader), accelerator.num_processes)
+        accelerator.free_memory()  # only this stage's objects in save_state/load_state
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         queue = EmbeddingQueue(ssl.queue_size, ssl.projection_dim, accelerator.device)
         accelerator.register_for_checkpointing(queue)

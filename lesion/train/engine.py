@@ -206,6 +206,9 @@ def fit(
                                   drop_last=len(train_ds) > cfg.batch_size, num_workers=num_workers)
     val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, num_workers=num_workers)
     scheduler, _ = build_scheduler(optimizer, cfg, len(train_loader), accelerator.num_processes)
+    # One accelerator serves every stage of a run (teacher, students, trials): forget the previous stage's
+    # objects, or save_state/load_state would pair this model with the state of the first one prepared.
+    accelerator.free_memory()
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler)
 
@@ -230,6 +233,8 @@ def fit(
             train_ds.set_epoch(epoch)
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
+        if sampler_weights is not None:  # the weighted draw of an epoch depends on (seed, epoch) only: resumable
+            generator.manual_seed(seed * 1000 + epoch)
         model.train()
         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
         bar = tqdm(train_loader, desc=f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not main)

@@ -127,16 +127,22 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
 
 
 def promote_champion(version: str, score: float, tracker: Tracker, data: PreparedData,
-                     device: torch.device | str = "cpu") -> dict[str, Any]:
+                     device: torch.device | str = "cpu", stage: str = "supervised") -> dict[str, Any]:
     """Move `champion` to version only if its val/jaccard beats the current champion's on the same images; log why.
 
     The champion is re-scored on this run's validation images: a score it got on
     other data (the synthetic demo, another split or size) says nothing about these.
+    Each stage's decision is its own artifact, registry/champion_gate_<stage>.json.
     """
     current = alias_version(SEGMENTER, "champion")
     val_rows = select(data.rows, "val", labelled=True)
-    decision: dict[str, Any] = {"candidate_version": version, "candidate_val_jaccard": score,
+    decision: dict[str, Any] = {"stage": stage, "candidate_version": version, "candidate_val_jaccard": score,
                                 "val_images": len(val_rows), "champion_version": None, "champion_val_jaccard": None}
+    key = stage.replace("*", "star")
+    if f"lesion.champion_gate.{key}" in tracker.tags():  # decided before a crash: the resumed run does not ask again
+        return {**decision, "promoted": None, "reason": "decided before the run was resumed"}
+    if current is not None and str(current.version) == str(version):
+        return {**decision, "champion_version": version, "promoted": True, "reason": "already the champion"}
     if current is None:
         promoted, reason = True, "no champion yet"
     else:
@@ -159,8 +165,8 @@ def promote_champion(version: str, score: float, tracker: Tracker, data: Prepare
     if promoted:
         set_alias(SEGMENTER, "champion", version)
     decision.update(promoted=promoted, reason=reason)
-    tracker.log_dict(decision, "registry/champion_gate.json")
-    tracker.set_tags({"lesion.champion_gate": "promoted" if promoted else "kept"})
+    tracker.log_dict(decision, f"registry/champion_gate_{key}.json")
+    tracker.set_tags({f"lesion.champion_gate.{key}": "promoted" if promoted else "kept"})
     print(f"[lesion] lesion-segmenter v{version}: {'promoted to champion' if promoted else 'champion kept'}: {reason}")
     return decision
 

@@ -54,6 +54,12 @@ def test_full_loop_registers_stages_and_logs_pseudo_labels(tmp_path, tracking):
     assert "pseudo_labels/pseudo_labels.csv" in pseudo_files
     parent_artifacts = {a.path for a in client.list_artifacts(out["run_id"], "plots")}
     assert "plots/stage_comparison.png" in parent_artifacts
+    gates = {a.path for a in client.list_artifacts(out["run_id"], "registry")}
+    assert gates == {f"registry/champion_gate_{s}.json" for s in ("teacher", "student", "studentstar")}, \
+        "every stage's gate decision is kept"
+    parent_tags = client.get_run(out["run_id"]).data.tags
+    assert {parent_tags[f"lesion.champion_gate.{s}"] for s in ("teacher", "student", "studentstar")} <= {"promoted",
+                                                                                                      "kept"}
 
 
 def _stats(n=20):
@@ -84,13 +90,20 @@ def test_pixel_threshold_changes_the_loss_mask():
 
 @pytest.mark.slow
 def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
-    """kill -9 during the first student, then the same command again: teacher and pseudo1 are not re-run."""
-    args = [sys.executable, "-m", "lesion.cli", "selftrain", "--run_name", "crash", "--output_dir",
-            str(tmp_path / "outputs"), "--iterations", "1", "--epochs", "3"]
-    for k, v in TINY.items():
-        if k not in ("iterations", "epochs"):
-            args += [f"--{k}", str(v)]
+    """kill -9 during the first student, then the same command again: teacher and pseudo1 are not re-run,
+    and the student ends exactly as an uninterrupted run does."""
+    def command(run_name: str) -> list[str]:
+        args = [sys.executable, "-m", "lesion.cli", "selftrain", "--run_name", run_name, "--output_dir",
+                str(tmp_path / "outputs"), "--iterations", "1", "--epochs", "3"]
+        for k, v in TINY.items():
+            if k not in ("iterations", "epochs"):
+                args += [f"--{k}", str(v)]
+        return args
+
     env = subprocess_env()
+    reference = subprocess.run(command("reference"), env=env, capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stdout[-3000:] + reference.stderr[-3000:]
+    args = command("crash")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     student_state = tmp_path / "outputs" / "selftrain" / "crash" / "student1" / "state" / "progress.json"
     deadline = time.time() + 400
@@ -114,9 +127,14 @@ def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
     assert sorted(stages) == ["pseudo1", "student1", "teacher"], "one nested run per stage, none duplicated"
     student = next(r for r in runs if r.data.tags.get("lesion.stage") == "student1")
     assert student.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(student.info.run_id, "val/jaccard")] == [0, 1, 2]
+    resumed_scores = sorted(client.get_metric_history(student.info.run_id, "val/jaccard"), key=lambda m: m.step)
+    assert [m.step for m in resumed_scores] == [0, 1, 2]
+    uninterrupted = next(r for r in client.search_runs([student.info.experiment_id], "tags.`lesion.run_name` = 'reference'")
+                         if r.data.tags.get("lesion.stage") == "student1")
+    reference_scores = sorted(client.get_metric_history(uninterrupted.info.run_id, "val/jaccard"), key=lambda m: m.step)
+    assert [m.value for m in resumed_scores] == pytest.approx([m.value for m in reference_scores], abs=1e-6)
     versions = client.search_model_versions("name='lesion-segmenter'")
-    assert sorted(v.tags["role"] for v in versions) == ["student", "teacher"]
+    assert sorted(v.tags["role"] for v in versions) == ["student", "student", "teacher", "teacher"]
 
 
 @pytest.mark.slow

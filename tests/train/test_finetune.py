@@ -84,6 +84,8 @@ def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_pa
                                          "tags.`lesion.run_name` = 'crashy'")
     assert len(crashed) == 1 and crashed[0].info.status == "FAILED"
 
+    with pytest.raises(ConfigError, match=r"run_name 'crashy' is an unfinished run .* lr=0.001 \(logged: 0.003\)"):
+        run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False, lr=1e-3))
     resumed = run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False))
     assert resumed["run_id"] == crashed[0].info.run_id
     assert [h["val/jaccard"] for h in resumed["history"]] == pytest.approx(
@@ -126,5 +128,17 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path, tracking, monkey
     with pytest.raises(Crash):
         run_finetune(tiny_config(tmp_path, run_name="changed", register=False, epochs=2))
     monkeypatch.setattr(finetune_module, "fit", real_fit)
-    with pytest.raises(ConfigError, match="cannot resume from this checkpoint .* pass a new run_name"):
+    with pytest.raises(ConfigError, match=r"unfinished run being resumed, but with other parameters: "
+                                          r"arch=deeplabv3plus \(logged: unet\)"):
         run_finetune(tiny_config(tmp_path, run_name="changed", register=False, epochs=2, arch="deeplabv3plus"))
+
+    # A checkpoint that does not fit the model (another lesion version wrote it): one line, not a torch traceback.
+    from lesion.config import ModelConfig, TrainConfig
+    from lesion.models import build_model
+    from lesion.train.checkpoint import load_checkpoint
+    from lesion.train.engine import make_accelerator
+
+    accelerator = make_accelerator(TrainConfig())
+    accelerator.prepare(build_model(ModelConfig(arch="deeplabv3plus")))
+    with pytest.raises(ConfigError, match="cannot resume from this checkpoint .* pass a new run_name"):
+        load_checkpoint(accelerator, tmp_path / "outputs" / "finetune" / "changed")

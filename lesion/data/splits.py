@@ -51,7 +51,10 @@ def make_split(
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) and sum below 1")
     records = sorted(records, key=lambda r: r.id)
-    official = {r.split for r in records if r.split}
+    # An official folder counts as a split only with its ground truth: ISIC validation/test inputs are often
+    # downloaded without it. Such images stay in their split, unlabelled (never trained on), and the split is
+    # carved from the training images instead.
+    official = {r.split for r in records if r.split and r.mask}
     split_of: dict[str, str] = {r.id: r.split for r in records if r.split}
 
     pool = [r for r in records if r.split in (None, "train")]

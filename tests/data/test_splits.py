@@ -22,6 +22,17 @@ def test_official_splits_are_kept():
     assert len(select(rows, "train")) == 10 and len(select(rows, "val")) == 4
 
 
+def test_official_folders_without_ground_truth_do_not_count_as_splits():
+    # ISIC 2018 as often downloaded: training pairs, validation and test inputs without their ground truth.
+    recs = (records(20, "train") + records(4, "val", masks=False, prefix="V")
+            + records(3, "test", masks=False, prefix="T"))
+    rows = make_split(recs, val_fraction=0.25, seed=0)
+    assert len(select(rows, "val", labelled=True)) == 5, "validation carved from the training pairs"
+    assert [r.id for r in select(rows, "val", labelled=False)] == [f"V_{i:03d}" for i in range(4)]
+    assert len(select(rows, "train", labelled=True)) == 15
+    assert not any(r.id.startswith(("V_", "T_")) for r in unlabelled_pool(rows)), "never trained on, even unlabelled"
+
+
 def test_label_fraction_keeps_masks_for_a_seeded_subset():
     rows = make_split(records(40, "train") + records(5, "val", prefix="V"), label_fraction=0.1, seed=0)
     labelled = select(rows, "train", labelled=True)

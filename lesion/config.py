@@ -20,9 +20,19 @@ from typing import Any
 from lesion.errors import ConfigError
 
 
-def param(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its help text (shown by --help and in the MLproject)."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def param(default: Any, help: str, choices: tuple[str, ...] | None = None,
+          valid: tuple[Any, str] | None = None) -> Any:
+    """A config field with its help text (shown by --help and in the MLproject) and the values it accepts."""
+    return field(default=default, metadata={"help": help, "choices": choices, "valid": valid})
+
+
+# Value ranges: (test, what the message says).
+POSITIVE = (lambda v: v > 0, "> 0")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
+UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+RATE = (lambda v: 0 <= v < 1, "in [0, 1)")
+FRACTION = (lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 # --------------------------------------------------------------------------- groups
@@ -37,13 +47,18 @@ class DataConfig:
         "isic, ph2, folder.",
     )
     unlabeled: str = param("", "Extra unlabelled image folders, comma-separated (for SSL and pseudo-labels).")
-    label_fraction: float = param(1.0, "Fraction of the training split that keeps its masks (seeded).")
-    labels: int = param(0, "Keep masks for exactly this many training images (overrides label_fraction when > 0).")
-    image_size: int = param(0, "Working resolution (square, multiple of 32); 0: 256 for real data, the synthetic set's own size.")
-    val_fraction: float = param(0.2, "Validation share of a seeded split, used when the source has no official one.")
-    test_fraction: float = param(0.0, "Test share of a seeded split, used when the source has no official one.")
+    label_fraction: float = param(1.0, "Fraction of the training split that keeps its masks (seeded).", valid=FRACTION)
+    labels: int = param(0, "Keep masks for exactly this many training images (overrides label_fraction when > 0).",
+                        valid=NON_NEGATIVE)
+    image_size: int = param(0, "Working resolution (square, multiple of 32); 0: 256 for real data, the synthetic set's own size.",
+                            valid=NON_NEGATIVE)
+    val_fraction: float = param(0.2, "Validation share of a seeded split, used when the source has no official one.",
+                                valid=RATE)
+    test_fraction: float = param(0.0, "Test share of a seeded split, used when the source has no official one.",
+                                 valid=RATE)
     cache_dir: str = param("", "Preprocessing cache folder (default: $LESION_CACHE_DIR or ~/.cache/lesion).")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels (decompression-bomb guard).")
+    max_pixels: int = param(150_000_000, "Refuse images above this many pixels (decompression-bomb guard).",
+                            valid=POSITIVE)
     skip_bad: bool = param(False, "Skip unusable files (counted and logged) instead of stopping with an error.")
     num_workers: int = param(-1, "DataLoader workers (-1: 0 on CPU, up to 8 on GPU).")
 
@@ -57,26 +72,30 @@ class ModelConfig:
         "Encoder start: random, imagenet (downloads), an SSL encoder (models:/lesion-encoder/latest, "
         "runs:/..., or a folder), or a fine-tuned lesion-segmenter to continue from.",
     )
-    dropout: float = param(0.0, "Channel dropout before the segmentation head (student noise).")
-    drop_path: float = param(0.0, "Stochastic depth rate in the encoder (student noise).")
+    dropout: float = param(0.0, "Channel dropout before the segmentation head (student noise).", valid=RATE)
+    drop_path: float = param(0.0, "Stochastic depth rate in the encoder (student noise).", valid=RATE)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = param(8, "Training epochs.")
-    batch_size: int = param(8, "Batch size per process.")
-    lr: float = param(1e-3, "Peak learning rate.")
-    weight_decay: float = param(1e-4, "Weight decay.")
-    encoder_lr_scale: float = param(1.0, "The encoder's learning rate as a fraction of lr (below 1 keeps pretrained features).")
+    epochs: int = param(8, "Training epochs.", valid=AT_LEAST_ONE)
+    batch_size: int = param(8, "Batch size per process.", valid=AT_LEAST_ONE)
+    lr: float = param(1e-3, "Peak learning rate.", valid=POSITIVE)
+    weight_decay: float = param(1e-4, "Weight decay.", valid=NON_NEGATIVE)
+    encoder_lr_scale: float = param(1.0, "The encoder's learning rate as a fraction of lr (below 1 keeps pretrained features).",
+                                    valid=NON_NEGATIVE)
     optimizer: str = param("adamw", "Optimizer.", ("adamw", "sgd"))
     schedule: str = param("cosine", "Learning-rate schedule after warm-up.", ("cosine", "poly", "constant"))
-    warmup_epochs: float = param(1.0, "Linear warm-up length in epochs.")
-    grad_accum: int = param(1, "Gradient accumulation steps.")
+    warmup_epochs: float = param(1.0, "Linear warm-up length in epochs.", valid=NON_NEGATIVE)
+    grad_accum: int = param(1, "Gradient accumulation steps.", valid=AT_LEAST_ONE)
     mixed_precision: str = param("auto", "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16.", ("auto", "no", "bf16", "fp16"))
     loss: str = param("bce+dice", "Segmentation loss.", ("bce+dice", "bce", "dice"))
-    patience: int = param(0, "Early stopping after this many epochs without a better val/jaccard (0: off).")
-    picture_every: int = param(2, "Log an overlay grid of fixed validation images every N epochs (0: only at the end).")
-    max_steps: int = param(0, "Stop after this many optimizer steps (0: no limit; for smoke tests and benchmarks).")
+    patience: int = param(0, "Early stopping after this many epochs without a better val/jaccard (0: off).",
+                          valid=NON_NEGATIVE)
+    picture_every: int = param(2, "Log an overlay grid of fixed validation images every N epochs (0: only at the end).",
+                               valid=NON_NEGATIVE)
+    max_steps: int = param(0, "Stop after this many optimizer steps (0: no limit; for smoke tests and benchmarks).",
+                           valid=NON_NEGATIVE)
 
 
 @dataclass
@@ -85,13 +104,14 @@ class NoiseConfig:
     noise>0 is the strong student policy, each knob being that transform's
     probability at noise=1 (magnitudes grow with noise as well)."""
 
-    noise: float = param(0.0, "Strength of the student noise policy (0: plain augmentation, 1: strong).")
-    color_jitter: float = param(0.8, "Colour jitter (brightness, contrast, saturation, hue).")
-    blur_noise: float = param(0.3, "Gaussian blur or Gaussian noise.")
-    distortion: float = param(0.3, "Elastic / grid / optical distortion.")
-    coarse_dropout: float = param(0.5, "Coarse dropout (cut-out) of image patches.")
-    flip_rot90: float = param(1.0, "Flips and 90-degree rotations.")
-    shift_scale_rotate: float = param(0.7, "Affine shift, scale and rotation.")
+    noise: float = param(0.0, "Strength of the student noise policy (0: plain augmentation, 1: strong).",
+                         valid=NON_NEGATIVE)
+    color_jitter: float = param(0.8, "Colour jitter (brightness, contrast, saturation, hue).", valid=NON_NEGATIVE)
+    blur_noise: float = param(0.3, "Gaussian blur or Gaussian noise.", valid=NON_NEGATIVE)
+    distortion: float = param(0.3, "Elastic / grid / optical distortion.", valid=NON_NEGATIVE)
+    coarse_dropout: float = param(0.5, "Coarse dropout (cut-out) of image patches.", valid=NON_NEGATIVE)
+    flip_rot90: float = param(1.0, "Flips and 90-degree rotations.", valid=NON_NEGATIVE)
+    shift_scale_rotate: float = param(0.7, "Affine shift, scale and rotation.", valid=NON_NEGATIVE)
 
 
 @dataclass
@@ -120,15 +140,16 @@ class EvaluateConfig:
     model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
     data: str = param("synthetic", "Data source (same syntax as finetune).")
     split: str = param("val", "Split to score: train, val, test or all.", ("train", "val", "test", "all"))
-    image_size: int = param(0, "Inference resolution (0: the model's training resolution).")
-    batch_size: int = param(8, "Inference batch size.")
+    image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
+    batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
     tta: bool = param(False, "Average predictions over horizontal/vertical flips.")
     out: str = param("", "Folder for ISIC-format masks <id>_segmentation.png (default: output_dir/evaluate/<run>).")
     cache_dir: str = param("", "Preprocessing cache folder.")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.")
+    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.", valid=POSITIVE)
     skip_bad: bool = param(False, "Skip unusable files instead of stopping.")
-    val_fraction: float = param(0.2, "Validation share of a seeded split (must match training to score the same images).")
-    test_fraction: float = param(0.0, "Test share of a seeded split.")
+    val_fraction: float = param(0.2, "Validation share of a seeded split (must match training to score the same images).",
+                                valid=RATE)
+    test_fraction: float = param(0.0, "Test share of a seeded split.", valid=RATE)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -137,11 +158,11 @@ class PredictConfig:
     model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/), a local model folder, or an exported .onnx file.")
     input: str = param("", "An image file or a folder of images.")
     out: str = param("predictions", "Output folder for <id>_segmentation.png masks and <id>_overlay.png pictures.")
-    image_size: int = param(0, "Inference resolution (0: the model's training resolution).")
-    batch_size: int = param(8, "Inference batch size.")
+    image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
+    batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
     tta: bool = param(False, "Average predictions over flips.")
-    threshold: float = param(0.5, "Probability threshold for the binary mask.")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.")
+    threshold: float = param(0.5, "Probability threshold for the binary mask.", valid=UNIT)
+    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.", valid=POSITIVE)
     skip_bad: bool = param(False, "Skip unreadable images (counted) instead of stopping.")
 
 
@@ -150,14 +171,17 @@ class SSLConfig:
     """Jigsaw-invariant auto-encoder (JIANet idea) on the fine-tuning encoder."""
 
     encoder: str = param("resnet18", "timm encoder to pretrain (fine-tune later with the same encoder).")
-    grid: int = param(3, "Puzzle grid size (grid x grid tiles); image_size must be divisible by it.")
-    tile_jitter: float = param(0.1, "Random crop jitter of each tile, as a fraction of the tile size.")
-    tile_color_jitter: float = param(0.4, "Colour jitter strength applied per tile.")
-    reconstruction_weight: float = param(1.0, "Weight of reconstructing the image from its shuffled puzzle.")
-    invariance_weight: float = param(1.0, "Weight of the InfoNCE term between image and puzzle embeddings.")
-    temperature: float = param(0.1, "InfoNCE temperature.")
-    queue_size: int = param(0, "Memory queue of negative embeddings (0: in-batch negatives only).")
-    projection_dim: int = param(128, "Embedding size of the projection head.")
+    grid: int = param(3, "Puzzle grid size (grid x grid tiles); image_size must be divisible by it.",
+                      valid=AT_LEAST_ONE)
+    tile_jitter: float = param(0.1, "Random crop jitter of each tile, as a fraction of the tile size.", valid=RATE)
+    tile_color_jitter: float = param(0.4, "Colour jitter strength applied per tile.", valid=NON_NEGATIVE)
+    reconstruction_weight: float = param(1.0, "Weight of reconstructing the image from its shuffled puzzle.",
+                                         valid=NON_NEGATIVE)
+    invariance_weight: float = param(1.0, "Weight of the InfoNCE term between image and puzzle embeddings.",
+                                     valid=NON_NEGATIVE)
+    temperature: float = param(0.1, "InfoNCE temperature.", valid=POSITIVE)
+    queue_size: int = param(0, "Memory queue of negative embeddings (0: in-batch negatives only).", valid=NON_NEGATIVE)
+    projection_dim: int = param(128, "Embedding size of the projection head.", valid=AT_LEAST_ONE)
 
 
 def _pretrain_train() -> TrainConfig:
@@ -176,16 +200,22 @@ class PretrainConfig:
 class PseudoConfig:
     """Noisy Student: how pseudo-labels are made, filtered and mixed in."""
 
-    iterations: int = param(2, "Self-training rounds: 2 gives teacher -> student -> student* (as in the paper).")
-    threshold: float = param(0.8, "Pixel confidence max(p, 1-p) below which a pseudo-label pixel is ignored by the loss.")
-    min_confidence: float = param(0.85, "Drop pseudo-labelled images whose mean pixel confidence is below this.")
-    min_area: float = param(0.005, "Drop pseudo-labels whose lesion covers less than this fraction of the image.")
-    pseudo_ratio: float = param(1.0, "Pseudo-labelled images drawn per labelled image when sampling batches.")
+    iterations: int = param(2, "Self-training rounds: 2 gives teacher -> student -> student* (as in the paper).",
+                            valid=AT_LEAST_ONE)
+    threshold: float = param(0.8, "Pixel confidence max(p, 1-p) below which a pseudo-label pixel is ignored by the loss.",
+                             valid=UNIT)
+    min_confidence: float = param(0.85, "Drop pseudo-labelled images whose mean pixel confidence is below this.",
+                                  valid=UNIT)
+    min_area: float = param(0.005, "Drop pseudo-labels whose lesion covers less than this fraction of the image.",
+                            valid=UNIT)
+    pseudo_ratio: float = param(1.0, "Pseudo-labelled images drawn per labelled image when sampling batches.",
+                                valid=NON_NEGATIVE)
     tta: bool = param(True, "Average teacher predictions over flips when pseudo-labelling.")
-    student_dropout: float = param(0.2, "Student channel dropout (noise).")
-    student_drop_path: float = param(0.1, "Student stochastic depth (noise).")
+    student_dropout: float = param(0.2, "Student channel dropout (noise).", valid=RATE)
+    student_drop_path: float = param(0.1, "Student stochastic depth (noise).", valid=RATE)
     student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).")
-    student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.")
+    student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.",
+                                valid=NON_NEGATIVE)
     student_init: str = param("encoder_init", "Student start: encoder_init (a fresh student, as in the Noisy Student "
                               "paper) or teacher (continue from its teacher's weights: better on small budgets).",
                               ("encoder_init", "teacher"))
@@ -212,11 +242,11 @@ class StudyConfig:
 
     study: str = param("lesion-noisy-student", "Study name; workers with the same storage and study join it.")
     storage: str = param("sqlite:///optuna.db", "Optuna storage: SQLite file, or a SQLAlchemy URL (postgresql://...) for many workers.")
-    n_trials: int = param(8, "Trials this worker runs.")
-    timeout: float = param(0.0, "Stop this worker after this many seconds (0: no limit).")
+    n_trials: int = param(8, "Trials this worker runs.", valid=AT_LEAST_ONE)
+    timeout: float = param(0.0, "Stop this worker after this many seconds (0: no limit).", valid=NON_NEGATIVE)
     pruner: str = param("median", "Pruner for bad trials.", ("median", "hyperband", "none"))
     sampler_seed: int = param(0, "Seed of the TPE sampler; give each worker of a shared study its own seed, or they propose the same trials.")
-    trial_epochs: int = param(3, "Student epochs per trial (the short budget).")
+    trial_epochs: int = param(3, "Student epochs per trial (the short budget).", valid=AT_LEAST_ONE)
     space: str = param("", "JSON overrides of the search space (tuning/space.py), e.g. '{\"threshold\": [0.7, 0.9], \"lr\": 0.001}'.")
 
 
@@ -235,16 +265,17 @@ class TuneConfig:
 class ExportConfig:
     model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
     out: str = param("", "ONNX file to write (default: outputs/export/<model>.onnx).")
-    opset: int = param(17, "ONNX opset.")
-    check_images: int = param(4, "Sample images (at several sizes) on which ONNX Runtime must match torch.")
-    tolerance: float = param(1e-4, "Largest allowed absolute difference of probabilities.")
+    opset: int = param(17, "ONNX opset.", valid=AT_LEAST_ONE)
+    check_images: int = param(4, "Sample images (at several sizes) on which ONNX Runtime must match torch.",
+                              valid=AT_LEAST_ONE)
+    tolerance: float = param(1e-4, "Largest allowed absolute difference of probabilities.", valid=POSITIVE)
 
 
 @dataclass
 class ReportConfig:
     experiment: str = param("", "Experiments to report on, comma-separated (default: every lesion experiment).")
     runs: str = param("", "Or: run ids, comma-separated (finetune or selftrain runs).")
-    gallery: int = param(6, "Worst-segmented validation images of the champion to show (0: none).")
+    gallery: int = param(6, "Worst-segmented validation images of the champion to show (0: none).", valid=NON_NEGATIVE)
     out: str = param("outputs/report", "Folder for report.html, the figures and the CSV table.")
 
 
@@ -256,7 +287,8 @@ class SweepConfig:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     label_fractions: str = param("0.1,0.25,1.0", "Label fractions to compare, comma-separated.")
     methods: str = param("supervised,ssl,selftrain", "Methods: supervised (random init), ssl (SSL init), selftrain.")
-    ssl_epochs: int = param(5, "Pretraining epochs for the ssl method (one encoder for every fraction).")
+    ssl_epochs: int = param(5, "Pretraining epochs for the ssl method (one encoder for every fraction).",
+                            valid=AT_LEAST_ONE)
     run: RunConfig = field(default_factory=lambda: RunConfig(experiment="lesion-sweep"))
 
 
@@ -346,6 +378,9 @@ def from_flat(cls: type, values: dict[str, Any], strict: bool = True) -> Any:
                 value = parse_value(f.name, typ, values[f.name])
                 if choices and value not in choices:
                     raise ConfigError(f"parameter {f.name}={value!r} must be one of {', '.join(choices)}")
+                valid = f.metadata.get("valid")
+                if valid and not valid[0](value):
+                    raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
                 changes[f.name] = value
         return dataclasses.replace(base, **changes)
 
@@ -375,8 +410,12 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
 
 def load_params_file(path: str) -> dict[str, Any]:
     """Flat parameters from a JSON file (tune's best_params.json)."""
-    with open(path) as fh:
-        data = json.load(fh)
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read tuned parameters ({err}); pass tune's best_params.json "
+                          "or its run URI") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a JSON object of parameter names to values")
     return data.get("params", data)

@@ -16,3 +16,7 @@ class DataError(LesionError):
 
 class ConfigError(LesionError):
     """An invalid parameter or an inconsistent configuration."""
+
+
+class TrainingError(LesionError):
+    """Training diverged (a NaN or infinite loss); the run is marked FAILED and can be resumed."""

@@ -197,13 +197,23 @@ def format_table(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _get_run(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"run {run_id!r} not found in {client._tracking_client.tracking_uri}; copy run ids from "
+                          "`mlflow ui`, or pass experiment= instead of runs=") from None
+
+
 def run_report(cfg: ReportConfig) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     configure_tracking()
     client = MlflowClient()
     if cfg.runs:
-        runs = [client.get_run(r.strip()) for r in cfg.runs.split(",") if r.strip()]
+        runs = [_get_run(client, r.strip()) for r in cfg.runs.split(",") if r.strip()]
         children = [c for r in runs for c in client.search_runs([r.info.experiment_id],
                                                                 f"tags.`mlflow.parentRunId` = '{r.info.run_id}'")]
         runs += children
@@ -262,7 +272,13 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     from lesion.ssl.pretrain import run_pretrain
     from lesion.train.finetune import run_finetune
 
-    fractions = [float(f) for f in cfg.label_fractions.split(",") if f.strip()]
+    try:
+        fractions = [float(f) for f in cfg.label_fractions.split(",") if f.strip()]
+    except ValueError:
+        raise ConfigError(f"label_fractions={cfg.label_fractions!r} must be comma-separated numbers in (0, 1], "
+                          "e.g. 0.05,0.1,0.2,1.0") from None
+    if any(not 0 < f <= 1 for f in fractions):
+        raise ConfigError(f"label_fractions={cfg.label_fractions!r}: every fraction must be in (0, 1]")
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     unknown = set(methods) - {"supervised", "ssl", "selftrain"}
     if unknown or not fractions:

@@ -29,6 +29,11 @@ def test_entry_point_defaults_override_group_defaults():
     ({"arch": "segformer"}, "must be one of"),
     ({"epoch": "3"}, "unknown parameter"),
     ({"skip_bad": "maybe"}, "skip_bad"),
+    ({"batch_size": "0"}, "batch_size=0 must be >= 1"),
+    ({"lr": "-1e-3"}, "lr=-0.001 must be > 0"),
+    ({"dropout": "1.5"}, "dropout=1.5 must be in [0, 1)"),
+    ({"label_fraction": "0"}, "label_fraction=0.0 must be in (0, 1]"),
+    ({"grad_accum": "0"}, "grad_accum=0 must be >= 1"),
 ])
 def test_bad_parameters_are_one_line_errors(values, fragment):
     with pytest.raises(ConfigError) as err:
@@ -59,3 +64,16 @@ def test_mlproject_parses_and_every_parameter_reaches_the_command():
     for name, entry in project["entry_points"].items():
         for param in entry["parameters"]:
             assert f"{{{param}}}" in entry["command"], (name, param)
+
+
+def test_every_default_is_in_its_own_range():
+    for cls in (C.FinetuneConfig, C.PretrainConfig, C.SelftrainConfig, C.TuneConfig, C.EvaluateConfig,
+                C.PredictConfig, C.ExportConfig, C.ReportConfig, C.SweepConfig):
+        assert C.from_flat(cls, C.to_flat(cls())) == cls()  # would raise on a default outside its range
+
+
+def test_a_params_file_that_is_not_json_is_a_clear_error(tmp_path):
+    bad = tmp_path / "best_params.json"
+    bad.write_text("{lr: 0.1")
+    with pytest.raises(ConfigError, match="best_params.json: cannot read tuned parameters"):
+        C.load_params_file(str(bad))

@@ -49,3 +49,12 @@ def test_test_columns_appear_only_where_a_test_split_was_scored():
     table = summarize(scored)
     assert table[0]["val_jaccard"] == pytest.approx(0.6) and table[0]["test_jaccard"] == 0.4, "mean of scored runs"
     assert format_table(table).splitlines()[2] == "| student | 0.1 | 2 | 0.6000 | 0.6000 | 0.4000 | 0.5000 |"
+
+
+def test_bad_sweep_and_report_arguments_are_clear_errors(tmp_path, tracking):
+    with pytest.raises(ConfigError, match="label_fractions='0.1,abc' must be comma-separated numbers"):
+        run_sweep(from_flat(SweepConfig, {"label_fractions": "0.1,abc"}))
+    with pytest.raises(ConfigError, match=r"every fraction must be in \(0, 1\]"):
+        run_sweep(from_flat(SweepConfig, {"label_fractions": "0.1,2"}))
+    with pytest.raises(ConfigError, match="run 'nope' not found"):
+        run_report(ReportConfig(runs="nope", out=str(tmp_path / "r")))

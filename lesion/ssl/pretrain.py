@@ -43,7 +43,7 @@ from lesion.config import PretrainConfig, SSLConfig, to_flat
 from lesion.data.datasets import ImageDataset
 from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
-from lesion.errors import ConfigError, DataError
+from lesion.errors import ConfigError, DataError, TrainingError
 from lesion.models.io import save_encoder
 from lesion.ssl.losses import EmbeddingQueue, info_nce, reconstruction_loss
 from lesion.ssl.model import JigsawAutoEncoder
@@ -229,8 +229,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     inv = info_nce(z_image, z_puzzle, ssl.temperature, queue.negatives())
                     loss = ssl.reconstruction_weight * rec + ssl.invariance_weight * inv
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"pretraining loss became {loss.item()} at epoch {epoch + 1}; "
-                                                 f"lower lr (now {train.lr})")
+                        raise TrainingError(f"pretraining loss became {loss.item()} at epoch {epoch + 1}; "
+                                            f"lower lr (now {train.lr}) and run again with a new run_name")
                     accelerator.backward(loss)
                     optimizer.step()
                     scheduler.step()

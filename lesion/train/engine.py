@@ -29,6 +29,7 @@ from lesion.config import TrainConfig
 from lesion.data.cache import PreprocessCache
 from lesion.data.datasets import SegmentationDataset
 from lesion.data.splits import Row
+from lesion.errors import TrainingError
 from lesion.inference import predict_probabilities
 from lesion.metrics import score_image, summarize
 from lesion.models.io import save_model
@@ -243,7 +244,8 @@ def fit(
                 logits = model(batch["image"])
                 loss = segmentation_loss(cfg.loss, logits, batch["target"], batch["valid"])
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {cfg.lr})")
+                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {cfg.lr}) "
+                                        "and run again with a new run_name")
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()

@@ -61,6 +61,21 @@ def test_the_best_checkpoint_is_scored_on_the_test_split_as_evaluate_scores_it(t
     assert float(version.tags["test_jaccard"]) == pytest.approx(metrics["best/test_jaccard"], abs=1e-6)
 
 
+def test_a_diverging_loss_is_one_clear_line_and_a_failed_run(tmp_path, tracking, monkeypatch):
+    import torch
+
+    import lesion.train.engine as engine
+    from lesion.errors import TrainingError
+
+    monkeypatch.setattr(engine, "segmentation_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingError, match=r"^loss became nan at epoch 1; lower lr \(now 0.003\)") as err:
+        run_finetune(tiny_config(tmp_path, run_name="nan", epochs=1))
+    assert "\n" not in str(err.value)
+    runs = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()],
+                                      "tags.`lesion.run_name` = 'nan'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
 class Crash(Exception):
     pass
 

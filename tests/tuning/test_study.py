@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 import tuning.study as study_module
 from lesion.config import SelftrainConfig, TuneConfig, from_flat
+from lesion.errors import TrainingError
 from lesion.selftrain.loop import apply_params
 from tests.conftest import subprocess_env
 from tuning.study import TEACHER_ATTR, Study
@@ -79,7 +80,7 @@ def test_pruned_and_failed_trials_do_not_stop_the_study(tmp_path, tracking, monk
 
     def flaky(cfg, accelerator, tracker, workdir, *args, **kwargs):
         if Path(workdir).name == "trial-1":
-            raise FloatingPointError("loss became nan at epoch 1")
+            raise TrainingError("loss became nan at epoch 1; lower lr")
         return real(cfg, accelerator, tracker, workdir, *args, **kwargs)
 
     monkeypatch.setattr(study_module, "train_segmenter", flaky)

@@ -22,6 +22,7 @@ class EntryPoint:
     config: type
     target: str  # "module:function" taking the config
     help: str
+    one_process: str = ""  # why it runs as a single process; empty: it runs on any number (Accelerate ranks)
 
     def function(self) -> Callable[[Any], Any]:
         module, name = self.target.split(":")
@@ -34,20 +35,25 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
     "evaluate": EntryPoint(C.EvaluateConfig, "lesion.evaluate:run_evaluate",
                            "Score a model on a split with ISIC metrics and write ISIC-format masks."),
     "predict": EntryPoint(C.PredictConfig, "lesion.predict:run_predict",
-                          "Write masks and overlays for an image or a folder of images."),
+                          "Write masks and overlays for an image or a folder of images.",
+                          "prediction runs on one process; split a large folder and run several"),
     "pretrain": EntryPoint(C.PretrainConfig, "lesion.ssl.pretrain:run_pretrain",
                            "Self-supervised encoder pretraining: a jigsaw-invariant auto-encoder on unlabelled images."),
     "selftrain": EntryPoint(C.SelftrainConfig, "lesion.selftrain.loop:run_selftrain",
                             "Noisy Student: teacher on labelled data, pseudo-labels for the unlabelled pool, "
                             "noised students, repeated."),
     "export": EntryPoint(C.ExportConfig, "lesion.export:run_export",
-                         "Write a model to ONNX (dynamic batch and size), checked against torch with ONNX Runtime."),
+                         "Write a model to ONNX (dynamic batch and size), checked against torch with ONNX Runtime.",
+                         "export runs on one process"),
     "report": EntryPoint(C.ReportConfig, "lesion.report:run_report",
-                         "Label-efficiency report from the tracking store: table, curves, gains, worst cases."),
+                         "Label-efficiency report from the tracking store: table, curves, gains, worst cases.",
+                         "the report reads the tracking store on one process"),
     "sweep": EntryPoint(C.SweepConfig, "lesion.report:run_sweep",
-                        "Run supervised / SSL-init / self-training at several label fractions, then the report."),
+                        "Run supervised / SSL-init / self-training at several label fractions, then the report.",
+                        "the sweep runs on one process; run finetune and selftrain with num_processes for GPUs"),
     "tune": EntryPoint(C.TuneConfig, "tuning.study:run_tune",
-                       "Optuna study over noise augmentation, dropout and pseudo-label thresholds (teacher trained once)."),
+                       "Optuna study over noise augmentation, dropout and pseudo-label thresholds (teacher trained once).",
+                       "a study worker is one process; scale out with more workers on the same storage and study"),
 }
 
 
@@ -114,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         return _data_inspect(args)
     if args.command == "launch":
         from lesion.launch import launch as do_launch
+
+        reason = ENTRY_POINTS[args.entry].one_process
+        if reason and args.num_processes != 1:
+            print(f"lesion launch: error: num_processes={args.num_processes}: {reason} (num_processes=1)",
+                  file=sys.stderr)
+            return 2
 
         return do_launch(args.entry, args.num_processes, rest)
     return 2

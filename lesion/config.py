@@ -216,6 +216,7 @@ class PseudoConfig:
     student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).")
     student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.",
                                 valid=NON_NEGATIVE)
+    student_lr: float = param(0.0, "Students' peak learning rate (0: lr, the teacher's).", valid=NON_NEGATIVE)
     student_init: str = param("encoder_init", "Student start: encoder_init (a fresh student, as in the Noisy Student "
                               "paper) or teacher (continue from its teacher's weights: better on small budgets).",
                               ("encoder_init", "teacher"))

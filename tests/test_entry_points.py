@@ -108,3 +108,12 @@ def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking
     assert set(children) == {"teacher", "pseudo1", "student1"}
     teacher_pictures = [a.path for a in client.list_artifacts(children["teacher"].info.run_id, "pictures")]
     assert teacher_pictures, "the teacher's pictures belong to the teacher's run"
+
+
+@pytest.mark.parametrize("entry", ["tune", "predict", "export", "report", "sweep"])
+def test_single_process_entry_points_refuse_more_processes(entry, capsys):
+    from lesion.cli import main
+
+    assert main(["launch", entry, "--num_processes", "2", "--"]) == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"lesion launch: error: num_processes=2: ") and message.count("\n") == 1

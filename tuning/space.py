@@ -30,6 +30,7 @@ class SearchSpace:
     blur_noise: Range = Range(0.0, 1.0)
     distortion: Range = Range(0.0, 1.0)
     coarse_dropout: Range = Range(0.0, 1.0)
+    flip_rot90: Range = Range(0.0, 1.0)
     shift_scale_rotate: Range = Range(0.0, 1.0)
     # model noise
     student_dropout: Range = Range(0.0, 0.5)
@@ -38,8 +39,8 @@ class SearchSpace:
     threshold: Range = Range(0.5, 0.97)
     min_confidence: Range = Range(0.5, 0.97)
     pseudo_ratio: Range = Range(0.25, 4.0, log=True)
-    # the student's optimiser
-    lr: Range = Range(2e-4, 3e-3, log=True)
+    # the student's optimiser (the teacher keeps lr: it is made once per study)
+    student_lr: Range = Range(2e-4, 3e-3, log=True)
     fixed: dict[str, float] = field(default_factory=dict)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, float]:
@@ -53,7 +54,7 @@ class SearchSpace:
 
     @classmethod
     def from_json(cls, text: str) -> "SearchSpace":
-        """Override ranges: '{"threshold": [0.7, 0.9], "lr": [1e-4, 1e-3, "log"], "min_confidence": 0.6}'
+        """Override ranges: '{"threshold": [0.7, 0.9], "student_lr": [1e-4, 1e-3, "log"], "min_confidence": 0.6}'
         (a number fixes the parameter)."""
         space = cls()
         if not text:

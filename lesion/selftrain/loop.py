@@ -61,7 +61,8 @@ def stage_configs(cfg: SelftrainConfig) -> tuple[FinetuneConfig, FinetuneConfig]
     teacher = FinetuneConfig(data=cfg.data, model=cfg.model, train=cfg.train, noise=NoiseConfig(noise=0.0), run=cfg.run)
     student_model = replace(cfg.model, dropout=cfg.pseudo.student_dropout, drop_path=cfg.pseudo.student_drop_path,
                             encoder=cfg.pseudo.student_encoder or cfg.model.encoder)
-    student_train = replace(cfg.train, epochs=cfg.pseudo.student_epochs or cfg.train.epochs)
+    student_train = replace(cfg.train, epochs=cfg.pseudo.student_epochs or cfg.train.epochs,
+                            lr=cfg.pseudo.student_lr or cfg.train.lr)
     student = FinetuneConfig(data=cfg.data, model=student_model, train=student_train, noise=cfg.noise, run=cfg.run)
     return teacher, student
 

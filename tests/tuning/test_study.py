@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 import tuning.study as study_module
 from lesion.config import SelftrainConfig, TuneConfig, from_flat
 from lesion.errors import TrainingError
-from lesion.selftrain.loop import apply_params
+from lesion.selftrain.loop import apply_params, stage_configs
 from tests.conftest import subprocess_env
 from tuning.study import TEACHER_ATTR, Study
 
@@ -36,7 +36,7 @@ def test_search_space_overrides():
     from lesion.errors import ConfigError
     from tuning.space import SearchSpace
 
-    space = SearchSpace.from_json('{"threshold": [0.7, 0.8], "lr": [1e-4, 1e-3, "log"], "noise": 1.5}')
+    space = SearchSpace.from_json('{"threshold": [0.7, 0.8], "student_lr": [1e-4, 1e-3, "log"], "noise": 1.5}')
     trial = optuna.create_study().ask()
     params = space.suggest(trial)
     assert 0.7 <= params["threshold"] <= 0.8 and params["noise"] == 1.5 and "noise" not in trial.params
@@ -68,6 +68,9 @@ def test_three_trials_one_teacher_and_best_params_for_selftrain(tmp_path, tracki
     cfg = apply_params(from_flat(SelftrainConfig, {"params": str(best)}))
     assert cfg.pseudo.threshold == pytest.approx(out["params"]["threshold"])
     assert cfg.noise.noise == pytest.approx(out["params"]["noise"])
+    teacher, student = stage_configs(cfg)
+    assert teacher.train.lr == TuneConfig().train.lr, "the tuned lr is the student's: the teacher stays as tuned against"
+    assert student.train.lr == pytest.approx(out["params"]["student_lr"])
 
     Study(tiny(tmp_path, n_trials=1, study="s3", pruner="none")).run()  # a second worker joins
     assert len(optuna.load_study(study_name="s3", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials) == 4

@@ -30,8 +30,8 @@ def info_nce(z_image: torch.Tensor, z_puzzle: torch.Tensor, temperature: float,
 class EmbeddingQueue:
     """A FIFO of past image embeddings: many more negatives than a small batch holds (MoCo-style).
 
-    It has state_dict/load_state_dict, so accelerator checkpoints carry it and a
-    resumed run sees the same negatives.
+    Its state_dict goes into the checkpoint as safetensors, so a resumed run sees
+    the same negatives.
     """
 
     def __init__(self, size: int, dim: int, device: torch.device | str = "cpu"):

@@ -49,7 +49,7 @@ from lesion.ssl.losses import EmbeddingQueue, info_nce, reconstruction_loss
 from lesion.ssl.model import JigsawAutoEncoder
 from lesion.ssl.puzzles import make_puzzle
 from lesion.tracking import ENCODER, Tracker, set_alias, write_json
-from lesion.train.checkpoint import load_checkpoint, save_checkpoint
+from lesion.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from lesion.train.engine import build_optimizer, build_scheduler, make_accelerator, resolve_mixed_precision, resolve_workers
 from lesion.train.finetune import fresh_workdir, shared_run_name
 
@@ -198,9 +198,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         accelerator.free_memory()  # only this stage's objects in save_state/load_state
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         queue = EmbeddingQueue(ssl.queue_size, ssl.projection_dim, accelerator.device)
-        accelerator.register_for_checkpointing(queue)
-
         progress = load_checkpoint(accelerator, workdir) or {"epoch": -1, "step": 0, "history": []}
+        if "queue" in (extra := load_extra(workdir)):
+            queue.load_state_dict({"items": extra["queue"]})
         history: list[dict[str, float]] = progress["history"]
         step = progress["step"]
         if history and main:
@@ -246,7 +246,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             record = {"epoch": epoch, **dict(zip(METRICS, means)), "train/lr": scheduler.get_last_lr()[0]}
             history.append(record)
             # Checkpoint first, then log: a crash in between re-logs on resume, never twice.
-            save_checkpoint(accelerator, workdir, {"epoch": epoch, "step": step, "history": history})
+            save_checkpoint(accelerator, workdir, {"epoch": epoch, "step": step, "history": history},
+                            extra={"queue": queue.state_dict()["items"]})
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
             if main:
                 tqdm.write(f"[lesion] pretrain epoch {epoch + 1}/{train.epochs} loss {means[0]:.4f} "

@@ -1,9 +1,11 @@
 """Full training state on disk, for crash-resume.
 
 accelerator.save_state writes model, optimizer, scheduler and RNG states into
-`state-next/`; the main process adds `progress.json` (epoch, history, best
-score) last and swaps the folder into `state/`. A crash at any point leaves a
-complete `state/` or a complete `state-next/`, never a torn one.
+`state-next/`; the main process adds any extra tensors (`extra.safetensors`,
+e.g. the SSL memory queue: never pickled, so loading needs no unpickling of
+custom objects), then `progress.json` (epoch, history, best score) last, and
+swaps the folder into `state/`. A crash at any point leaves a complete
+`state/` or a complete `state-next/`, never a torn one.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
 from lesion.errors import ConfigError
 from lesion.tracking import write_json
 
 PROGRESS = "progress.json"
+EXTRA = "extra.safetensors"
 
 
 def latest_state(workdir: str | Path) -> Path | None:
@@ -29,10 +34,13 @@ def latest_state(workdir: str | Path) -> Path | None:
     return None
 
 
-def save_checkpoint(accelerator: Accelerator, workdir: str | Path, progress: dict[str, Any]) -> None:
+def save_checkpoint(accelerator: Accelerator, workdir: str | Path, progress: dict[str, Any],
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
     workdir = Path(workdir)
     accelerator.save_state(str(workdir / "state-next"))
     if accelerator.is_main_process:
+        if extra:
+            save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, str(workdir / "state-next" / EXTRA))
         write_json(workdir / "state-next" / PROGRESS, progress)
         shutil.rmtree(workdir / "state", ignore_errors=True)
         os.replace(workdir / "state-next", workdir / "state")
@@ -53,3 +61,11 @@ def load_checkpoint(accelerator: Accelerator, workdir: str | Path) -> dict[str, 
                           "configuration or lesion version: pass a new run_name, or delete the folder to start over"
                           ) from None
     return json.loads((state / PROGRESS).read_text())
+
+
+def load_extra(workdir: str | Path) -> dict[str, torch.Tensor]:
+    """The extra tensors of the latest checkpoint ({} when there are none)."""
+    state = latest_state(workdir)
+    if state is None or not (state / EXTRA).is_file():
+        return {}
+    return load_file(str(state / EXTRA))

@@ -110,7 +110,8 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
             tracker.set_tags({"lesion.model_uri": model_uri})
             if cfg.run.register:
                 tags = {"role": role, "label_fraction": cfg.data.label_fraction, "data": cfg.data.data,
-                        "parent_run": tracker.run_id, "val_jaccard": f"{result.best_score:.6f}",
+                        "parent_run": done.get("mlflow.parentRunId", tracker.run_id),  # selftrain: its parent
+                        "val_jaccard": f"{result.best_score:.6f}",
                         "arch": cfg.model.arch, "encoder": cfg.model.encoder, **(extra_tags or {})}
                 if test:
                     tags["test_jaccard"] = f"{test['jaccard']:.6f}"

@@ -44,6 +44,8 @@ def test_full_loop_registers_stages_and_logs_pseudo_labels(tmp_path, tracking):
     teacher_v = client.get_model_version_by_alias("lesion-segmenter", "teacher")
     student_v = client.get_model_version_by_alias("lesion-segmenter", "student")
     assert teacher_v.tags["role"] == "teacher" and student_v.tags["role"] == "student"
+    assert teacher_v.tags["parent_run"] == student_v.tags["parent_run"] == out["run_id"], "the selftrain run"
+    assert teacher_v.run_id == stages["teacher"].info.run_id, "and the version's own run is its stage"
     assert student_v.tags["round"] == "2" and str(student_v.version) == out["stages"]["student*"]["version"]
     first_student = client.get_model_version("lesion-segmenter", out["stages"]["student"]["version"])
     assert first_student.tags["teacher_version"] == str(teacher_v.version)

@@ -108,25 +108,32 @@ class Crash(Exception):
     pass
 
 
-def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, store, monkeypatch):
+@pytest.mark.parametrize("queue_size", [0, 8])
+def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, store, monkeypatch, queue_size):
+    reference = pretrained if queue_size == 0 else run_pretrain(
+        config(store, run_name=f"reference-q{queue_size}", register=False, queue_size=queue_size))
     real_save = pretrain_module.save_checkpoint
 
-    def crash_after_epoch_1(accelerator, workdir, progress):
-        real_save(accelerator, workdir, progress)
+    def crash_after_epoch_1(accelerator, workdir, progress, **kwargs):
+        real_save(accelerator, workdir, progress, **kwargs)
         if progress["epoch"] == 0:
             raise Crash("simulated crash after epoch 1")
 
+    name = f"crashy-q{queue_size}"
     monkeypatch.setattr(pretrain_module, "save_checkpoint", crash_after_epoch_1)
     with pytest.raises(Crash):
-        run_pretrain(config(store, run_name="crashy", register=False))
+        run_pretrain(config(store, run_name=name, register=False, queue_size=queue_size))
     monkeypatch.setattr(pretrain_module, "save_checkpoint", real_save)
+    state = store / "out" / "pretrain" / name / "state"
+    assert (state / "extra.safetensors").is_file() and not list(state.glob("custom_checkpoint_*")), \
+        "the queue is saved as safetensors: nothing to unpickle on resume"
 
-    resumed = run_pretrain(config(store, run_name="crashy", register=False))
+    resumed = run_pretrain(config(store, run_name=name, register=False, queue_size=queue_size))
     client = MlflowClient()
     assert len(client.search_runs([client.get_run(resumed["run_id"]).info.experiment_id],
-                                  "tags.`lesion.run_name` = 'crashy'")) == 1, "the same run, resumed"
+                                  f"tags.`lesion.run_name` = '{name}'")) == 1, "the same run, resumed"
     assert [h["pretrain/loss"] for h in resumed["history"]] == pytest.approx(
-        [h["pretrain/loss"] for h in pretrained["history"]], abs=1e-5)
+        [h["pretrain/loss"] for h in reference["history"]], abs=1e-5)
     assert [m.step for m in client.get_metric_history(resumed["run_id"], "pretrain/loss")] == [0, 1]
 
 

@@ -82,7 +82,7 @@ def _data_inspect(args: argparse.Namespace) -> int:
 
     try:
         report = inspect_data(args.data, args.unlabeled, cache_dir=args.cache_dir or None,
-                              max_pixels=args.max_pixels, skip_bad=args.skip_bad)
+                              max_pixels=args.max_pixels, skip_bad=C.parse_value("skip_bad", bool, args.skip_bad))
     except LesionError as err:
         print(f"lesion data inspect: error: {err}", file=sys.stderr)
         return 2
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--unlabeled", default="", help="Extra unlabelled image folders, comma-separated.")
     inspect.add_argument("--cache_dir", default="", help="Cache folder (synthetic data is written there).")
     inspect.add_argument("--max_pixels", type=int, default=C.DataConfig().max_pixels, help="Pixel limit per image.")
-    inspect.add_argument("--skip_bad", action="store_true", help="Report bad files as skipped; usable if any remain.")
+    inspect.add_argument("--skip_bad", nargs="?", const="true", default="false", metavar="BOOL",
+                         help="Report bad files as skipped; usable if any remain (--skip_bad or --skip_bad true).")
     launch = sub.add_parser("launch", help="Run an entry point through `accelerate launch` (multi-process/GPU).")
     launch.add_argument("entry", choices=sorted(ENTRY_POINTS))
     launch.add_argument("--num_processes", type=int, default=1,

@@ -23,19 +23,39 @@ from lesion.plots import overlay
 PREVIEW_SIDE = 1024  # overlays are for looking at: keep them screen-sized
 
 
-def list_images(source: str) -> list[Path]:
+DERIVED_SUFFIXES = ("_segmentation", "_superpixels", "_overlay", "_mask", "_lesion")  # masks and our own outputs
+
+
+def _is_derived(path: Path, root: Path) -> bool:
+    """A mask, a superpixel map or an earlier prediction, not a dermoscopy image."""
+    folders = [p.lower() for p in path.relative_to(root).parts[:-1]]
+    return (path.stem.lower().endswith(DERIVED_SUFFIXES)
+            or any(f == "masks" or "groundtruth" in f or f.endswith("_lesion") for f in folders))
+
+
+def list_images(source: str, out: str | Path | None = None) -> tuple[list[Path], int]:
+    """The images to predict (a file, or a folder searched recursively) and how many other files were passed over."""
     path = Path(source)
     if not source:
         raise DataError("no input given; pass --input IMAGE or --input FOLDER")
     if path.is_file():
-        return [path]
+        return [path], 0
     if path.is_dir():
-        images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                        and "_segmentation" not in p.stem.lower() and "_superpixels" not in p.stem)
+        out_dir = Path(out).resolve() if out else None
+        candidates = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                            and not (out_dir and p.resolve().is_relative_to(out_dir)))
+        images = [p for p in candidates if not _is_derived(p, path)]
         if not images:
-            raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) found; pass a folder of dermoscopy images")
-        return images
+            raise DataError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) found besides masks and predictions; "
+                            "pass a folder of dermoscopy images")
+        return images, len(candidates) - len(images)
     raise DataError(f"{path}: no such file or folder; check --input")
+
+
+def output_stem(image: Path, source: str) -> Path:
+    """Where an image's outputs go, relative to out: sub-folders of the input are kept, so names never collide."""
+    root = Path(source)
+    return image.relative_to(root).with_suffix("") if root.is_dir() else Path(image.stem)
 
 
 class _SafeImages(ImageDataset):
@@ -66,7 +86,10 @@ def _collate(items: list[dict]) -> dict[str, Any]:
 
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    images = list_images(cfg.input)
+    images, passed_over = list_images(cfg.input, cfg.out)
+    if passed_over:
+        print(f"[lesion] {len(images)} image(s) to predict; passed over {passed_over} mask/prediction file(s) "
+              f"({', '.join(DERIVED_SUFFIXES)}, masks/ and GroundTruth folders)")
     if cfg.model.endswith(".onnx"):
         from lesion.export import OnnxSegmenter
 
@@ -87,7 +110,8 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
             continue
         probs = predict_probabilities(model, batch["image"].to(device), cfg.tta).cpu()
         for prob, index, hw in zip(probs, batch["index"], batch["size"]):
-            stem = images[index].stem
+            stem = output_stem(images[index], cfg.input)
+            (out / stem).parent.mkdir(parents=True, exist_ok=True)
             mask = resize_probabilities(prob[0], hw).numpy() >= cfg.threshold
             Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out / f"{stem}_segmentation.png")
             original = read_image(images[index], cfg.max_pixels)

@@ -170,6 +170,6 @@ def test_cli_skip_bad_takes_a_flag_or_a_value_like_the_entry_points(tmp_path, ca
     from lesion.cli import main
 
     for flag in (["--skip_bad"], ["--skip_bad", "true"], ["--skip_bad", "false"]):
-        assert main(["data", "inspect", "synthetic:n=6,size=32", "--cache_dir", str(tmp_path), *flag]) == 0
-    assert main(["data", "inspect", "synthetic:n=6,size=32", "--cache_dir", str(tmp_path), "--skip_bad", "maybe"]) == 2
+        assert main(["data", "inspect", "synthetic:n=6,size=64", "--cache_dir", str(tmp_path), *flag]) == 0
+    assert main(["data", "inspect", "synthetic:n=6,size=64", "--cache_dir", str(tmp_path), "--skip_bad", "maybe"]) == 2
     assert "skip_bad='maybe' is not a valid bool" in capsys.readouterr().err

@@ -54,8 +54,11 @@ class PreparedData:
 
 
 def prepare_data(cfg: DataConfig, seed: int, out_dir: str | Path, is_main: bool = True,
-                 wait: callable = lambda: None, progress: bool = True) -> PreparedData:
-    """Discover, split, cache and write `out_dir/manifest.csv`; call on every process with the same arguments."""
+                 wait: callable = lambda: None, progress: bool = True, need_labels: bool = True) -> PreparedData:
+    """Discover, split, cache and write `out_dir/manifest.csv`; call on every process with the same arguments.
+
+    need_labels=False (pretraining) accepts a source without a single mask, e.g. unlabeled:FOLDER.
+    """
     image_size = resolve_image_size(cfg)
     cache_dir = resolve_cache_dir(cfg.cache_dir)
     cache = PreprocessCache(cache_dir, image_size, cfg.max_pixels) if is_main else None
@@ -72,7 +75,9 @@ def prepare_data(cfg: DataConfig, seed: int, out_dir: str | Path, is_main: bool 
                                                 desc=f"decode+resize to {image_size}px")
         rows = [rows[i] for i in usable]
         skipped = found.skipped + (pool.skipped if pool else []) + skipped
-        if not any(r.split == "train" and r.labelled for r in rows):
+        if not rows:
+            raise DataError(f"{cfg.data}: no usable images left; check the files (lesion data inspect {cfg.data})")
+        if need_labels and not any(r.split == "train" and r.labelled for r in rows):
             raise DataError(f"{cfg.data}: no labelled training images left; check the masks or label_fraction")
         write_manifest(rows, manifest)
         if skipped:

@@ -170,7 +170,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     with tracker.run("pretrain", run_name, cfg.run.experiment, params=to_flat(cfg),
                      tags={"lesion.num_processes": accelerator.num_processes}):
         fresh_workdir(accelerator, tracker, workdir)
-        data = prepare_data(cfg.data, seed, workdir, main, accelerator.wait_for_everyone)
+        data = prepare_data(cfg.data, seed, workdir, main, accelerator.wait_for_everyone, need_labels=False)
         rows = [r for r in data.rows if r.split in PRETRAIN_SPLITS]
         if len(rows) < 2:
             raise DataError(f"{cfg.data.data}: pretraining needs at least 2 training or unlabeled images, found {len(rows)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,10 @@ def promote_champion(version: str, score: float, tracker: Tracker, data: Prepare
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    if cfg.data.unlabeled:  # nothing to learn from without masks here: do not decode them for nothing
+        print(f"[lesion] finetune trains on labelled images only: unlabeled={cfg.data.unlabeled} is for pretrain "
+              "and selftrain, and is ignored here")
+        cfg = replace(cfg, data=replace(cfg.data, unlabeled=""))
     accelerator = make_accelerator(cfg.train)
     tracker = Tracker(enabled=accelerator.is_main_process)
     run_name = shared_run_name(accelerator, cfg.run.run_name, "finetune")

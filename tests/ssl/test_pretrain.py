@@ -152,3 +152,19 @@ def test_the_pretrain_entry_point_registers_an_encoder(store, tmp_path):
     assert len(versions) == before + 1
     newest = MlflowClient().get_model_version_by_alias("lesion-encoder", "ssl")
     assert int(newest.version) == max(int(v.version) for v in versions) and newest.tags["epochs"] == "1"
+
+
+def test_pretraining_needs_no_mask_at_all(store, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lesion.data.synthetic import generate_one
+
+    pool = tmp_path / "ISIC2019_images"
+    pool.mkdir()
+    for i in range(6):
+        Image.fromarray(generate_one(i, 64, 3)[0]).save(pool / f"ISIC_{i:07d}.jpg")
+    out = run_pretrain(config(store, data=f"unlabeled:{pool}", run_name="no-masks", register=False, epochs=1))
+    assert out["history"] and np.isfinite(out["history"][0]["pretrain/loss"])
+    plan = json.loads((store / "out" / "pretrain" / "no-masks" / "plan.json").read_text())
+    assert plan["pretrain_images"] == 6

@@ -62,7 +62,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             raise ConfigError(f"{cfg.data}: no images with masks in split {cfg.split!r}; splits with masks: {found}")
         # Every image with a mask counts here, also training images held back as unlabelled elsewhere.
         rows = [replace(r, labelled=True) for r in rows]
-        prefix = "ph2" if data.format == "ph2" else ("val" if cfg.split == "all" else cfg.split)
+        prefix = "ph2" if data.format == "ph2" else cfg.split  # metrics say what they were measured on
         ds = SegmentationDataset(rows, data.cache)
         loader = DataLoader(ds, cfg.batch_size, shuffle=False)
         model, loader = accelerator.prepare(model, loader)

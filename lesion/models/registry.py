@@ -83,7 +83,9 @@ def build_model(config: ModelConfig, pretrained_imagenet: bool = False) -> Lesio
                                          **kwargs)
     except (RuntimeError, KeyError, ValueError) as err:
         if "Unknown model" in str(err) or "not found" in str(err).lower():
-            raise ConfigError(f"encoder={config.encoder!r} is not a timm model; try resnet18, resnet34 or resnet50") from None
+            raise ConfigError(f"encoder={config.encoder!r} is not a timm model (lesion uses timm encoders through smp's "
+                              "tu- bridge, so SSL and fine-tuning share one encoder; list them with "
+                              "timm.list_models()); try resnet18, resnet34, resnet50 or convnext_tiny") from None
         raise
     return LesionSegmenter(net, config)
 

@@ -34,6 +34,21 @@ def pseudo_valid(prob: np.ndarray, threshold: float) -> np.ndarray:
     return (np.maximum(prob, 1.0 - prob) >= threshold).astype(np.float32)
 
 
+def worker_seed(seed: int, epoch: int, worker_id: int) -> int:
+    return (seed * 1000 + epoch) * 1000 + worker_id + 1
+
+
+def seed_worker(worker_id: int) -> None:
+    """worker_init_fn: each DataLoader worker gets its own augmentation stream, still fixed by (seed, epoch).
+
+    Workers start from a copy of the dataset; without this they would all replay one
+    augmentation sequence (the same flips and crops for every worker's batches).
+    """
+    dataset = torch.utils.data.get_worker_info().dataset
+    if hasattr(dataset, "reseed_worker"):
+        dataset.reseed_worker(worker_id)
+
+
 class SegmentationDataset(Dataset):
     """Labelled rows (and optionally pseudo-labelled ones) -> image, target, valid."""
 
@@ -51,7 +66,7 @@ class SegmentationDataset(Dataset):
         self.cache = cache
         self.pseudo = pseudo or {}
         self.pseudo_threshold = pseudo_threshold
-        self.seed = seed
+        self.seed, self.epoch = seed, 0
         self.transform = build_transform(noise, train, seed)
         missing = [r.id for r in rows if not r.labelled and r.id not in self.pseudo]
         if missing:
@@ -59,8 +74,13 @@ class SegmentationDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         # Augmentation depends only on (seed, epoch): a resumed run replays the same epochs.
+        self.epoch = epoch
         if self.transform is not None:
             self.transform.set_random_seed(self.seed * 1000 + epoch)
+
+    def reseed_worker(self, worker_id: int) -> None:
+        if self.transform is not None:
+            self.transform.set_random_seed(worker_seed(self.seed, self.epoch, worker_id))
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lesion.config import PretrainConfig, SSLConfig, to_flat
-from lesion.data.datasets import ImageDataset
+from lesion.data.datasets import ImageDataset, seed_worker, worker_seed
 from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
 from lesion.errors import ConfigError, DataError, TrainingError
@@ -93,6 +93,10 @@ class PuzzleDataset(Dataset):
         self.epoch = epoch
         if self.images.transform is not None:
             self.images.transform.set_random_seed(self.seed * 1000 + epoch)
+
+    def reseed_worker(self, worker_id: int) -> None:
+        if self.images.transform is not None:
+            self.images.transform.set_random_seed(worker_seed(self.seed, self.epoch, worker_id))
 
     def __len__(self) -> int:
         return len(self.images)
@@ -191,7 +195,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         dataset = PuzzleDataset(ImageDataset(paths, data.image_size, data.cache, cfg.data.max_pixels,
                                              transform=plain_transform(seed)), ssl, seed)
         loader = DataLoader(dataset, train.batch_size, shuffle=True, drop_last=len(dataset) > train.batch_size,
-                            num_workers=resolve_workers(cfg.data.num_workers),
+                            num_workers=resolve_workers(cfg.data.num_workers), worker_init_fn=seed_worker,
                             generator=torch.Generator().manual_seed(seed))
         optimizer = build_optimizer(model, train)
         scheduler, _ = build_scheduler(optimizer, train, len(loader), accelerator.num_processes)

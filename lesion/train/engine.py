@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lesion.config import TrainConfig
 from lesion.data.cache import PreprocessCache
-from lesion.data.datasets import SegmentationDataset
+from lesion.data.datasets import SegmentationDataset, seed_worker
 from lesion.data.splits import Row
 from lesion.errors import TrainingError
 from lesion.inference import predict_probabilities
@@ -201,10 +201,11 @@ def fit(
         # labelled:pseudo ratio for self-training; one "epoch" is len(train_ds) draws.
         sampler = torch.utils.data.WeightedRandomSampler(sampler_weights, len(train_ds), generator=generator)
         train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > cfg.batch_size,
-                                  num_workers=num_workers)
+                                  num_workers=num_workers, worker_init_fn=seed_worker)
     else:
         train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator,
-                                  drop_last=len(train_ds) > cfg.batch_size, num_workers=num_workers)
+                                  drop_last=len(train_ds) > cfg.batch_size, num_workers=num_workers,
+                                  worker_init_fn=seed_worker)
     val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, num_workers=num_workers)
     scheduler, _ = build_scheduler(optimizer, cfg, len(train_loader), accelerator.num_processes)
     # One accelerator serves every stage of a run (teacher, students, trials): forget the previous stage's
@@ -280,7 +281,8 @@ def fit(
             tqdm.write(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "
                        f"val/jaccard {metrics['val/jaccard']:.4f} val/dice {metrics['val/dice']:.4f}"
                        + (" *" if improved else ""))
-            last_epoch = epoch == cfg.epochs - 1
+            stopping = bool(cfg.patience and bad_epochs >= cfg.patience) or bool(cfg.max_steps and step >= cfg.max_steps)
+            last_epoch = epoch == cfg.epochs - 1 or stopping  # the final picture also when training ends early
             if picture_indices and (last_epoch or (cfg.picture_every and (epoch + 1) % cfg.picture_every == 0)):
                 tracker.log_image(_picture(unwrapped, val_ds, picture_indices, accelerator.device),
                                   f"pictures/{stage + '_' if stage else ''}epoch_{epoch + 1:03d}.png")

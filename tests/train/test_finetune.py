@@ -61,6 +61,14 @@ def test_the_best_checkpoint_is_scored_on_the_test_split_as_evaluate_scores_it(t
     assert float(version.tags["test_jaccard"]) == pytest.approx(metrics["best/test_jaccard"], abs=1e-6)
 
 
+def test_a_run_that_ends_early_still_logs_its_final_picture(tmp_path, tracking):
+    out = run_finetune(tiny_config(tmp_path, run_name="short", epochs=3, max_steps=1, picture_every=0,
+                                   register=False))
+    assert len(out["history"]) == 1
+    pictures = [a.path for a in MlflowClient().list_artifacts(out["run_id"], "pictures")]
+    assert pictures == ["pictures/supervised_epoch_001.png"]
+
+
 def test_a_diverging_loss_is_one_clear_line_and_a_failed_run(tmp_path, tracking, monkeypatch):
     import torch
 

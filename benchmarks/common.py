@@ -1,4 +1,4 @@
-"""Shared bits of the benchmarks: the machine description and the real-data default."""
+"""Shared bits of the benchmarks: the machine description, the real-data default and the result tables."""
 
 from __future__ import annotations
 
@@ -22,3 +22,11 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def print_table(header: list[str], rows: list[list[object]]) -> None:
+    """A markdown table, ready to paste into benchmarks/README.md."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")

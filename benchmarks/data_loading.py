@@ -11,7 +11,7 @@ import time
 
 from torch.utils.data import DataLoader, Dataset
 
-from benchmarks.common import SAMPLE, machine
+from benchmarks.common import SAMPLE, machine, print_table
 from lesion.data.cache import PreprocessCache, resize_image, resize_mask
 from lesion.data.io import load_pair
 from lesion.data.sources import discover
@@ -67,11 +67,9 @@ def main() -> None:
         cached = epoch_rate(Cached(records, args.size, cache))
     print(f"machine: {machine()}")
     print(f"images: {len(records)} from {args.data} at {args.size} px, batch 8, 0 workers")
-    print("| loader | images/s |")
-    print("|---|---|")
-    print(f"| decode + resize every epoch | {uncached:.1f} |")
-    print(f"| preprocessing cache (warm) | {cached:.1f} |")
-    print(f"| speed-up | {cached / uncached:.1f}x |")
+    print_table(["loader", "images/s"], [["decode + resize every epoch", f"{uncached:.1f}"],
+                                        ["preprocessing cache (warm)", f"{cached:.1f}"],
+                                        ["speed-up", f"{cached / uncached:.1f}x"]])
     print(f"one-off cache build: {warm_s:.1f} s ({len(records) / warm_s:.1f} images/s, threads)")
 
 

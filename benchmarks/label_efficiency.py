@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import SAMPLE, machine
+from benchmarks.common import SAMPLE, machine, print_table
 from lesion.config import FinetuneConfig, SelftrainConfig, from_flat
 
 HERE = Path(__file__).resolve().parent
@@ -42,11 +42,9 @@ def finetune(args, label_fraction: float, epochs: int, name: str, encoder_init: 
 def table(rows: list[dict], started: float, command: str) -> None:
     print(f"\nmachine: {machine()}")
     print(f"command: {command}   wall time: {(time.time() - started) / 60:.1f} min\n")
-    print("| run | labels | epochs | val/jaccard | val/dice | val/threshold_jaccard |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['name']} | {r.get('labels', '')} | {r.get('epochs', '')} | {r['val/jaccard']:.4f} | "
-              f"{r['val/dice']:.4f} | {r.get('val/threshold_jaccard', float('nan')):.4f} |")
+    print_table(["run", "labels", "epochs", "val/jaccard", "val/dice", "val/threshold_jaccard"],
+                [[r["name"], r.get("labels", ""), r.get("epochs", ""), f"{r['val/jaccard']:.4f}", f"{r['val/dice']:.4f}",
+                  f"{r.get('val/threshold_jaccard', float('nan')):.4f}"] for r in rows])
 
 
 def main() -> None:

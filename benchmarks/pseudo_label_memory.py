@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine
+from benchmarks.common import machine, print_table
 
 
 def _status_kib(field: str) -> int:
@@ -84,11 +84,9 @@ def main() -> None:
             rows.append(json.loads(line.removeprefix("RESULT ")))
     print(f"\nmachine: {machine()}")
     print(f"command: python -m benchmarks.pseudo_label_memory {' '.join(sys.argv[1:])}\n")
-    print(f"| unlabelled pool | RSS before (MiB) | peak while pseudo-labelling (MiB) | growth (MiB) | images/s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['pool']} | {r['rss_before_mib']:.0f} | {r['peak_mib']:.0f} | {r['growth_mib']:.0f} | "
-              f"{r['images_per_s']:.1f} |")
+    print_table(["unlabelled pool", "RSS before (MiB)", "peak while pseudo-labelling (MiB)", "growth (MiB)", "images/s"],
+                [[r["pool"], f"{r['rss_before_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['growth_mib']:.0f}",
+                  f"{r['images_per_s']:.1f}"] for r in rows])
 
 
 if __name__ == "__main__":

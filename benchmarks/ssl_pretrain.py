@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import SAMPLE, machine
+from benchmarks.common import SAMPLE, machine, print_table
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
 
 HERE = Path(__file__).resolve().parent
@@ -97,12 +97,11 @@ def main() -> None:
               f"loss {first['pretrain/loss']:.3f} -> {last['pretrain/loss']:.3f} "
               f"(reconstruction {first['pretrain/reconstruction']:.3f} -> {last['pretrain/reconstruction']:.3f}, "
               f"invariance {first['pretrain/invariance']:.3f} -> {last['pretrain/invariance']:.3f})\n")
-    print("| init | labels | epochs | best val/jaccard (epoch) | val/dice at best | val/jaccard last epoch | "
-          "mean of last 5 | minutes |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['init']} | {labels} | {args.epochs} | {r['best']['val/jaccard']:.4f} ({r['best']['epoch'] + 1}) | "
-              f"{r['best']['val/dice']:.4f} | {r['last']['val/jaccard']:.4f} | {r['last5']:.4f} | {r['minutes']:.1f} |")
+    print_table(["init", "labels", "epochs", "best val/jaccard (epoch)", "val/dice at best", "val/jaccard last epoch",
+                 "mean of last 5", "minutes"],
+                [[r["init"], labels, args.epochs, f"{r['best']['val/jaccard']:.4f} ({r['best']['epoch'] + 1})",
+                  f"{r['best']['val/dice']:.4f}", f"{r['last']['val/jaccard']:.4f}", f"{r['last5']:.4f}",
+                  f"{r['minutes']:.1f}"] for r in rows])
 
 
 if __name__ == "__main__":

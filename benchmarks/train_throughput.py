@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks.common import SAMPLE, machine
+from benchmarks.common import SAMPLE, machine, print_table
 from lesion.config import ModelConfig, from_flat, FinetuneConfig
 from lesion.data.datasets import SegmentationDataset
 from lesion.data.prepare import prepare_data
@@ -85,11 +85,10 @@ def main() -> None:
         bare_rate = bare_loop(args.size, args.batch, args.steps)
     print(f"machine: {machine()}")
     print(f"U-Net resnet18, {args.size} px, batch {args.batch}, {args.steps} steps per epoch, 2 epochs")
-    print("| loop | train images/s |")
-    print("|---|---|")
-    print(f"| bare (in-memory tensors) | {bare_rate:.2f} |")
-    print(f"| lesion engine (cache, augmentation, Accelerate, checkpoints, MLflow) | {engine_rate:.2f} |")
-    print(f"| ratio | {engine_rate / bare_rate:.2f}x |")
+    print_table(["loop", "train images/s"], [
+        ["bare (in-memory tensors)", f"{bare_rate:.2f}"],
+        ["lesion engine (cache, augmentation, Accelerate, checkpoints, MLflow)", f"{engine_rate:.2f}"],
+        ["ratio", f"{engine_rate / bare_rate:.2f}x"]])
 
 
 if __name__ == "__main__":

@@ -35,11 +35,21 @@ RATE = (lambda v: 0 <= v < 1, "in [0, 1)")
 FRACTION = (lambda v: 0 < v <= 1, "in (0, 1]")
 
 
+class Checked:
+    """Every config checks its fields' ranges when it is made: from the CLI, the MLproject, Optuna or code."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            valid, value = f.metadata.get("valid"), getattr(self, f.name)
+            if valid and not valid[0](value):
+                raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
+
+
 # --------------------------------------------------------------------------- groups
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     data: str = param(
         "synthetic",
         "Data source: 'synthetic[:n=..,size=..,seed=..]', a folder whose layout is detected "
@@ -64,7 +74,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Checked):
     arch: str = param("unet", "Architecture.", ("unet", "pspnet", "deeplabv3", "deeplabv3plus"))
     encoder: str = param("resnet18", "timm encoder name (resnet18 on CPU; resnet34/resnet50 on GPU).")
     encoder_init: str = param(
@@ -77,7 +87,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     epochs: int = param(8, "Training epochs.", valid=AT_LEAST_ONE)
     batch_size: int = param(8, "Batch size per process.", valid=AT_LEAST_ONE)
     lr: float = param(1e-3, "Peak learning rate.", valid=POSITIVE)
@@ -99,7 +109,7 @@ class TrainConfig:
 
 
 @dataclass
-class NoiseConfig:
+class NoiseConfig(Checked):
     """Augmentation policy. noise=0 is the plain policy (flips and mild scale);
     noise>0 is the strong student policy, each knob being that transform's
     probability at noise=1 (magnitudes grow with noise as well)."""
@@ -115,7 +125,7 @@ class NoiseConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Checked):
     run_name: str = param("", "MLflow run name; re-running the same name resumes an unfinished run.")
     experiment: str = param("", "MLflow experiment (default: one per entry point).")
     output_dir: str = param("outputs", "Local folder for checkpoints, manifests and predictions.")
@@ -127,7 +137,7 @@ class RunConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -136,7 +146,7 @@ class FinetuneConfig:
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(Checked):
     model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
     data: str = param("synthetic", "Data source (same syntax as finetune).")
     split: str = param("val", "Split to score: train, val, test or all.", ("train", "val", "test", "all"))
@@ -154,7 +164,7 @@ class EvaluateConfig:
 
 
 @dataclass
-class PredictConfig:
+class PredictConfig(Checked):
     model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/), a local model folder, or an exported .onnx file.")
     input: str = param("", "An image file or a folder of images.")
     out: str = param("predictions", "Output folder for <id>_segmentation.png masks and <id>_overlay.png pictures.")
@@ -167,7 +177,7 @@ class PredictConfig:
 
 
 @dataclass
-class SSLConfig:
+class SSLConfig(Checked):
     """Jigsaw-invariant auto-encoder (JIANet idea) on the fine-tuning encoder."""
 
     encoder: str = param("resnet18", "timm encoder to pretrain (fine-tune later with the same encoder).")
@@ -189,7 +199,7 @@ def _pretrain_train() -> TrainConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     train: TrainConfig = field(default_factory=_pretrain_train)
@@ -197,7 +207,7 @@ class PretrainConfig:
 
 
 @dataclass
-class PseudoConfig:
+class PseudoConfig(Checked):
     """Noisy Student: how pseudo-labels are made, filtered and mixed in."""
 
     iterations: int = param(2, "Self-training rounds: 2 gives teacher -> student -> student* (as in the paper).",
@@ -228,7 +238,7 @@ def _student_noise() -> NoiseConfig:
 
 
 @dataclass
-class SelftrainConfig:
+class SelftrainConfig(Checked):
     data: DataConfig = field(default_factory=lambda: DataConfig(label_fraction=0.25))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -238,7 +248,7 @@ class SelftrainConfig:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(Checked):
     """Optuna: where the study lives and how each trial is budgeted."""
 
     study: str = param("lesion-noisy-student", "Study name; workers with the same storage and study join it.")
@@ -252,7 +262,7 @@ class StudyConfig:
 
 
 @dataclass
-class TuneConfig:
+class TuneConfig(Checked):
     data: DataConfig = field(default_factory=lambda: DataConfig(label_fraction=0.25))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -263,7 +273,7 @@ class TuneConfig:
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(Checked):
     model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
     out: str = param("", "ONNX file to write (default: outputs/export/<model>.onnx).")
     opset: int = param(17, "ONNX opset.", valid=AT_LEAST_ONE)
@@ -273,7 +283,7 @@ class ExportConfig:
 
 
 @dataclass
-class ReportConfig:
+class ReportConfig(Checked):
     experiment: str = param("", "Experiments to report on, comma-separated (default: every lesion experiment).")
     runs: str = param("", "Or: run ids, comma-separated (finetune or selftrain runs).")
     gallery: int = param(6, "Worst-segmented validation images of the champion to show (0: none).", valid=NON_NEGATIVE)
@@ -281,7 +291,7 @@ class ReportConfig:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -379,9 +389,6 @@ def from_flat(cls: type, values: dict[str, Any], strict: bool = True) -> Any:
                 value = parse_value(f.name, typ, values[f.name])
                 if choices and value not in choices:
                     raise ConfigError(f"parameter {f.name}={value!r} must be one of {', '.join(choices)}")
-                valid = f.metadata.get("valid")
-                if valid and not valid[0](value):
-                    raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
                 changes[f.name] = value
         return dataclasses.replace(base, **changes)
 

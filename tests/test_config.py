@@ -77,3 +77,10 @@ def test_a_params_file_that_is_not_json_is_a_clear_error(tmp_path):
     bad.write_text("{lr: 0.1")
     with pytest.raises(ConfigError, match="best_params.json: cannot read tuned parameters"):
         C.load_params_file(str(bad))
+
+
+def test_ranges_hold_for_configs_made_in_code_too():
+    with pytest.raises(ConfigError, match="parameter batch_size=0 must be >= 1"):
+        C.TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="parameter iterations=0 must be >= 1"):
+        C.replace_flat(C.SelftrainConfig(), iterations=0)

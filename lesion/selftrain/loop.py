@@ -150,8 +150,6 @@ def _train_stage(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker
 
 def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
     cfg = apply_params(cfg)
-    if cfg.pseudo.iterations < 1:
-        raise ConfigError(f"iterations={cfg.pseudo.iterations} must be at least 1")
     check_student(cfg)
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process

@@ -73,13 +73,8 @@ def check_config(ssl: SSLConfig, image_size: int) -> None:
                           f"use grid<={image_size // MIN_TILE} or a larger image_size")
     if not 0 <= ssl.tile_jitter < 0.5:
         raise ConfigError(f"tile_jitter={ssl.tile_jitter} must be in [0, 0.5) (a fraction of the tile side); try 0.1")
-    if ssl.tile_color_jitter < 0:
-        raise ConfigError(f"tile_color_jitter={ssl.tile_color_jitter} must be >= 0; try 0.4")
-    if ssl.temperature <= 0:
-        raise ConfigError(f"temperature={ssl.temperature} must be > 0; try 0.1")
-    if ssl.queue_size < 0:
-        raise ConfigError(f"queue_size={ssl.queue_size} must be >= 0 (0: in-batch negatives only)")
-    if min(ssl.reconstruction_weight, ssl.invariance_weight) < 0 or ssl.reconstruction_weight + ssl.invariance_weight == 0:
+    # Single-field ranges (temperature > 0, queue_size >= 0, ...) are checked by the config itself.
+    if ssl.reconstruction_weight + ssl.invariance_weight == 0:
         raise ConfigError("reconstruction_weight and invariance_weight must be >= 0 and not both 0")
 
 

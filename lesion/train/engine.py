@@ -277,18 +277,19 @@ def fit(
                                                "best_score": best_score, "best_epoch": best_epoch,
                                                "bad_epochs": bad_epochs})
         tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+        patience_out = bool(cfg.patience and bad_epochs >= cfg.patience)
+        final = epoch == cfg.epochs - 1 or patience_out or bool(cfg.max_steps and step >= cfg.max_steps)
         if main:
             tqdm.write(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "
                        f"val/jaccard {metrics['val/jaccard']:.4f} val/dice {metrics['val/dice']:.4f}"
                        + (" *" if improved else ""))
-            stopping = bool(cfg.patience and bad_epochs >= cfg.patience) or bool(cfg.max_steps and step >= cfg.max_steps)
-            last_epoch = epoch == cfg.epochs - 1 or stopping  # the final picture also when training ends early
-            if picture_indices and (last_epoch or (cfg.picture_every and (epoch + 1) % cfg.picture_every == 0)):
+            # The final picture also when training ends early.
+            if picture_indices and (final or (cfg.picture_every and (epoch + 1) % cfg.picture_every == 0)):
                 tracker.log_image(_picture(unwrapped, val_ds, picture_indices, accelerator.device),
                                   f"pictures/{stage + '_' if stage else ''}epoch_{epoch + 1:03d}.png")
         if epoch_callback is not None:
             epoch_callback(epoch, record)
-        if cfg.patience and bad_epochs >= cfg.patience:
+        if patience_out:
             stopped_early = True
             if main:
                 tqdm.write(f"[lesion] early stop: no better val/jaccard for {cfg.patience} epochs")

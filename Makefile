@@ -13,8 +13,11 @@ export TOKENIZERS_PARALLELISM := false
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}: make PYTHON=/path/to/python3.11"'
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge 8 ] || \
+	  echo "note: only $${free} GiB free here; the install needs about 8 GiB (torch's Linux wheels bring the CUDA libraries)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	# --no-cache-dir: a pip cache would hold a second copy of the ~4 GB of torch/CUDA wheels.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -e ".[test]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -1,12 +1,13 @@
 """Does SSL pretraining help? Fine-tuning from the jigsaw auto-encoder vs from random init, few labels.
 
-    python -m benchmarks.ssl_pretrain --ssl_epochs 8 --epochs 15 --label_fraction 0.1
+    python -m benchmarks.ssl_pretrain --ssl_epochs 8 --epochs 15 --label_fraction 0.1 --seeds 0 1 2
 
-1. pretrain (run_pretrain) on the training images of --data (default
-   ../shared/data/isic2017-sample: 456 images; masks unused, validation
-   images never seen) -> a lesion-encoder version;
-2. fine-tune U-Net/resnet18 with label_fraction of the training masks from
-   models:/lesion-encoder/<that version>;
+1. pretrain (run_pretrain, seed --seed) on the training images of --data
+   (default ../shared/data/isic2017-sample: 456 images; masks unused,
+   validation images never seen) -> a lesion-encoder version;
+2. for every seed of --seeds (each draws its own labelled subset and its own
+   decoder init): fine-tune U-Net/resnet18 with label_fraction of the
+   training masks from models:/lesion-encoder/<that version>;
 3. the same fine-tune from random init: same data, epochs, lr and seed.
 
 Everything goes through the entry points' functions and is tracked in
@@ -22,6 +23,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.common import SAMPLE, machine, print_table
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
@@ -44,18 +47,27 @@ def pretrain(args: argparse.Namespace, tag: str) -> dict:
     return {**out, "minutes": (time.time() - started) / 60}
 
 
-def finetune(args: argparse.Namespace, name: str, encoder_init: str) -> dict:
+def finetune(args: argparse.Namespace, name: str, encoder_init: str, seed: int) -> dict:
     from lesion.train.finetune import run_finetune
 
     started = time.time()
     overrides = dict(kv.split("=", 1) for kv in args.ft_set)
     out = run_finetune(from_flat(FinetuneConfig, {
-        **common(args), "label_fraction": args.label_fraction, "epochs": args.epochs, "lr": args.lr,
+        **common(args), "seed": seed, "label_fraction": args.label_fraction, "epochs": args.epochs, "lr": args.lr,
         "encoder_init": encoder_init, "run_name": name, "register": False, **overrides}))
     best = next(h for h in out["history"] if h["epoch"] == out["best_epoch"])
     last5 = sum(h["val/jaccard"] for h in out["history"][-5:]) / len(out["history"][-5:])
-    return {"name": name, "init": encoder_init, "best": best, "last": out["history"][-1], "last5": last5,
-            "minutes": (time.time() - started) / 60}
+    return {"name": name, "init": "random" if encoder_init == "random" else "SSL", "seed": seed, "best": best,
+            "last": out["history"][-1], "last5": last5, "minutes": (time.time() - started) / 60}
+
+
+def mean_row(rows: list[dict], init: str, labels: str, epochs: int) -> list[object]:
+    """The mean over seeds of one init's best and last-5 Jaccard (and its spread)."""
+    best = np.array([r["best"]["val/jaccard"] for r in rows if r["init"] == init])
+    last5 = np.array([r["last5"] for r in rows if r["init"] == init])
+    return [f"**{init}, mean of {len(best)}**", labels, epochs, f"**{best.mean():.4f}** ± {best.std():.4f}",
+            f"{np.mean([r['best']['val/dice'] for r in rows if r['init'] == init]):.4f}", "",
+            f"{last5.mean():.4f}", ""]
 
 
 def main() -> None:
@@ -68,7 +80,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs (both inits)")
     parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning lr (both inits)")
     parser.add_argument("--label_fraction", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="pretraining seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="fine-tuning seeds: each draws its own labelled subset; both inits run on each")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="extra pretrain parameters, e.g. queue_size=256 tile_jitter=0.2")
     parser.add_argument("--ft_set", nargs="*", default=[], metavar="NAME=VALUE",
@@ -85,8 +99,10 @@ def main() -> None:
     if not encoder:
         pre = pretrain(args, tag)
         encoder = f"models:/lesion-encoder/{pre['version']}"
-    rows = [finetune(args, f"ssl-init-{labels}-{tag}", encoder),
-            finetune(args, f"random-init-{labels}-{tag}", "random")]
+    rows = []
+    for seed in args.seeds:
+        rows += [finetune(args, f"ssl-init-{labels}-{tag}-ft{seed}", encoder, seed),
+                 finetune(args, f"random-init-{labels}-{tag}-ft{seed}", "random", seed)]
 
     print(f"\nmachine: {machine()}")
     print(f"command: python -m benchmarks.ssl_pretrain {' '.join(sys.argv[1:])}")
@@ -97,11 +113,14 @@ def main() -> None:
               f"loss {first['pretrain/loss']:.3f} -> {last['pretrain/loss']:.3f} "
               f"(reconstruction {first['pretrain/reconstruction']:.3f} -> {last['pretrain/reconstruction']:.3f}, "
               f"invariance {first['pretrain/invariance']:.3f} -> {last['pretrain/invariance']:.3f})\n")
+    print(f"SSL encoder: {encoder}")
+    table = [[f"{r['init']}, seed {r['seed']}", labels, args.epochs,
+              f"{r['best']['val/jaccard']:.4f} ({r['best']['epoch'] + 1})", f"{r['best']['val/dice']:.4f}",
+              f"{r['last']['val/jaccard']:.4f}", f"{r['last5']:.4f}", f"{r['minutes']:.1f}"] for r in rows]
+    if len(args.seeds) > 1:
+        table += [mean_row(rows, init, labels, args.epochs) for init in ("SSL", "random")]
     print_table(["init", "labels", "epochs", "best val/jaccard (epoch)", "val/dice at best", "val/jaccard last epoch",
-                 "mean of last 5", "minutes"],
-                [[r["init"], labels, args.epochs, f"{r['best']['val/jaccard']:.4f} ({r['best']['epoch'] + 1})",
-                  f"{r['best']['val/dice']:.4f}", f"{r['last']['val/jaccard']:.4f}", f"{r['last5']:.4f}",
-                  f"{r['minutes']:.1f}"] for r in rows])
+                 "mean of last 5", "minutes"], table)
 
 
 if __name__ == "__main__":

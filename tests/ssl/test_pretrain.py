@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -39,6 +40,7 @@ def store(tmp_path_factory):
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         yield root
+    shutil.rmtree(root, ignore_errors=True)  # ~1.4 GB of checkpoints; tmp_path retention does not cover module fixtures
 
 
 def config(root, **overrides) -> PretrainConfig:

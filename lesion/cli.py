@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from dataclasses import dataclass
@@ -65,6 +66,15 @@ def entry_parser(name: str, parser: argparse.ArgumentParser | None = None) -> ar
     return parser
 
 
+def disk_full(err: BaseException | None) -> bool:
+    """Whether err, or an error it came from, is "No space left on device" (safetensors wraps it in its own type)."""
+    while err is not None:
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def run_entry_point(name: str, argv: list[str] | None = None) -> int:
     """Parse argv into the entry point's config and run it; user errors are one line, exit 2."""
     args = entry_parser(name).parse_args(argv)
@@ -73,6 +83,14 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
         ENTRY_POINTS[name].function()(cfg)
     except LesionError as err:
         print(f"lesion {name}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        if not disk_full(err):
+            raise
+        # The MLflow run is already marked FAILED and the last epoch's state is on disk: nothing is lost.
+        print(f"lesion {name}: error: the disk is full (No space left on device) under output_dir="
+              f"{getattr(args, 'output_dir', '') or '.'} or cache_dir; free space or point them elsewhere, then run "
+              "the same command again: a training run resumes from its last saved epoch", file=sys.stderr)
         return 2
     return 0
 

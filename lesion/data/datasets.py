@@ -34,8 +34,13 @@ def pseudo_valid(prob: np.ndarray, threshold: float) -> np.ndarray:
     return (np.maximum(prob, 1.0 - prob) >= threshold).astype(np.float32)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch: a resumed run replays the same epochs."""
+    return seed * 1000 + epoch
+
+
 def worker_seed(seed: int, epoch: int, worker_id: int) -> int:
-    return (seed * 1000 + epoch) * 1000 + worker_id + 1
+    return epoch_seed(seed, epoch) * 1000 + worker_id + 1
 
 
 def seed_worker(worker_id: int) -> None:
@@ -76,7 +81,7 @@ class SegmentationDataset(Dataset):
         # Augmentation depends only on (seed, epoch): a resumed run replays the same epochs.
         self.epoch = epoch
         if self.transform is not None:
-            self.transform.set_random_seed(self.seed * 1000 + epoch)
+            self.transform.set_random_seed(epoch_seed(self.seed, epoch))
 
     def reseed_worker(self, worker_id: int) -> None:
         if self.transform is not None:

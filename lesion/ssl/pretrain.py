@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from lesion.config import PretrainConfig, SSLConfig, to_flat
-from lesion.data.datasets import ImageDataset, seed_worker, worker_seed
+from lesion.data.datasets import ImageDataset, epoch_seed, seed_worker, worker_seed
 from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
 from lesion.errors import ConfigError, DataError, TrainingError
@@ -87,7 +87,7 @@ class PuzzleDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
         if self.images.transform is not None:
-            self.images.transform.set_random_seed(self.seed * 1000 + epoch)
+            self.images.transform.set_random_seed(epoch_seed(self.seed, epoch))
 
     def reseed_worker(self, worker_id: int) -> None:
         if self.images.transform is not None:
@@ -214,7 +214,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         for epoch in range(progress["epoch"] + 1, train.epochs):
             if train.max_steps and step >= train.max_steps:
                 break
-            set_seed(seed * 1000 + epoch, deterministic=not torch.cuda.is_available())
+            set_seed(epoch_seed(seed, epoch), deterministic=not torch.cuda.is_available())
             dataset.set_epoch(epoch)
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lesion.config import TrainConfig
 from lesion.data.cache import PreprocessCache
-from lesion.data.datasets import SegmentationDataset, seed_worker
+from lesion.data.datasets import SegmentationDataset, epoch_seed, seed_worker
 from lesion.data.splits import Row
 from lesion.errors import TrainingError
 from lesion.inference import predict_probabilities
@@ -230,13 +230,13 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.max_steps and step >= cfg.max_steps:
             break
-        set_seed(seed * 1000 + epoch, deterministic=not torch.cuda.is_available())
+        set_seed(epoch_seed(seed, epoch), deterministic=not torch.cuda.is_available())
         if hasattr(train_ds, "set_epoch"):
             train_ds.set_epoch(epoch)
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
         if sampler_weights is not None:  # the weighted draw of an epoch depends on (seed, epoch) only: resumable
-            generator.manual_seed(seed * 1000 + epoch)
+            generator.manual_seed(epoch_seed(seed, epoch))
         model.train()
         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
         bar = tqdm(train_loader, desc=f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not main)

@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--ft_set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="extra fine-tuning parameters (both inits), e.g. encoder_lr_scale=0.1")
     parser.add_argument("--encoder_init", default="", help="skip pretraining: fine-tune from this encoder URI/folder")
+    parser.add_argument("--ssl_only", action="store_true",
+                        help="skip the random-init fine-tunes (for ablations against a baseline already measured)")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{HERE / 'mlflow.db'}")
     started = time.time()
@@ -101,8 +103,9 @@ def main() -> None:
         encoder = f"models:/lesion-encoder/{pre['version']}"
     rows = []
     for seed in args.seeds:
-        rows += [finetune(args, f"ssl-init-{labels}-{tag}-ft{seed}", encoder, seed),
-                 finetune(args, f"random-init-{labels}-{tag}-ft{seed}", "random", seed)]
+        rows.append(finetune(args, f"ssl-init-{labels}-{tag}-ft{seed}", encoder, seed))
+        if not args.ssl_only:
+            rows.append(finetune(args, f"random-init-{labels}-{tag}-ft{seed}", "random", seed))
 
     print(f"\nmachine: {machine()}")
     print(f"command: python -m benchmarks.ssl_pretrain {' '.join(sys.argv[1:])}")
@@ -118,7 +121,7 @@ def main() -> None:
               f"{r['best']['val/jaccard']:.4f} ({r['best']['epoch'] + 1})", f"{r['best']['val/dice']:.4f}",
               f"{r['last']['val/jaccard']:.4f}", f"{r['last5']:.4f}", f"{r['minutes']:.1f}"] for r in rows]
     if len(args.seeds) > 1:
-        table += [mean_row(rows, init, labels, args.epochs) for init in ("SSL", "random")]
+        table += [mean_row(rows, init, labels, args.epochs) for init in ("SSL", "random") if any(r["init"] == init for r in rows)]
     print_table(["init", "labels", "epochs", "best val/jaccard (epoch)", "val/dice at best", "val/jaccard last epoch",
                  "mean of last 5", "minutes"], table)
 

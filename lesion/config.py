@@ -189,6 +189,9 @@ class SSLConfig(Checked):
                                          valid=NON_NEGATIVE)
     invariance_weight: float = param(1.0, "Weight of the InfoNCE term between image and puzzle embeddings.",
                                      valid=NON_NEGATIVE)
+    place_weight: float = param(1.0, "Weight of predicting, for every tile of the puzzle, the place it came from "
+                                "(what makes the network solve the puzzle; see benchmarks/README.md).",
+                                valid=NON_NEGATIVE)
     temperature: float = param(0.1, "InfoNCE temperature.", valid=POSITIVE)
     queue_size: int = param(0, "Memory queue of negative embeddings (0: in-batch negatives only).", valid=NON_NEGATIVE)
     projection_dim: int = param(128, "Embedding size of the projection head.", valid=AT_LEAST_ONE)

@@ -1,4 +1,4 @@
-"""Losses of the jigsaw auto-encoder: reconstruction and InfoNCE invariance."""
+"""Losses of the jigsaw auto-encoder: reconstruction, InfoNCE invariance and tile places."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ def reconstruction_loss(reconstruction: torch.Tensor, image: torch.Tensor) -> to
     """L1 + MSE (as in JIANet) between the reconstruction and the original normalised image."""
     reconstruction, image = reconstruction.float(), image.float()
     return F.l1_loss(reconstruction, image) + F.mse_loss(reconstruction, image)
+
+
+def place_loss(logits: torch.Tensor, perms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy, accuracy) of (B, N, g, g) place logits against perms (B, N): slot k shows tile perms[:, k]."""
+    logits = logits.float().flatten(2)  # (B, N places, N slots in row-major order, as perms)
+    return F.cross_entropy(logits, perms), (logits.argmax(1) == perms).float().mean()
 
 
 def info_nce(z_image: torch.Tensor, z_puzzle: torch.Tensor, temperature: float,

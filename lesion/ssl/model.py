@@ -7,7 +7,9 @@
   outputs the ORIGINAL image. Skips carry features of misplaced tiles, so only
   an encoding that knows where each tile belongs reconstructs the image;
 - projector: MLP on the pooled deepest features -> L2-normalised embedding,
-  for the InfoNCE invariance between an image and its puzzle.
+  for the InfoNCE invariance between an image and its puzzle;
+- locator: a 1x1 conv on the puzzle's deepest features pooled to one cell per
+  tile -> which of the grid x grid places each shown tile came from.
 """
 
 from __future__ import annotations
@@ -43,25 +45,33 @@ class PyramidDecoder(nn.Module):
 
 
 class JigsawAutoEncoder(nn.Module):
-    def __init__(self, encoder: str, projection_dim: int = 128):
+    def __init__(self, encoder: str, projection_dim: int = 128, grid: int = 3):
         super().__init__()
+        self.grid = grid
         self.encoder = build_encoder(encoder)
         channels = list(self.encoder.out_channels[1:])  # [0] is the input itself, not a feature
         self.decoder = PyramidDecoder(channels)
         width = channels[-1]
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
+        self.locator = nn.Conv2d(width, grid * grid, 1)
 
     def embed(self, deepest: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(deepest.mean((2, 3))), dim=1)
 
-    def reconstruct(self, puzzle: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(puzzle)[1:], puzzle.shape[-2:])
+    def solve(self, puzzle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction, tile place logits) of a puzzle alone: what the pictures show."""
+        features = self.encoder(puzzle)[1:]
+        return self.decoder(features, puzzle.shape[-2:]), self.locate(features[-1])
 
-    def forward(self, image: torch.Tensor, puzzle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction of image from puzzle, image embedding, puzzle embedding)."""
+    def locate(self, deepest: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) puzzle features -> (B, grid*grid places, grid, grid) logits: where each slot's tile belongs."""
+        return self.locator(F.adaptive_avg_pool2d(deepest, self.grid))
+
+    def forward(self, image: torch.Tensor, puzzle: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(reconstruction of image from puzzle, image embedding, puzzle embedding, tile place logits)."""
         b = len(image)
         # One encoder pass over both views: one BatchNorm batch, half the kernel launches.
         features = self.encoder(torch.cat([image, puzzle]))[1:]
         reconstruction = self.decoder([f[b:] for f in features], puzzle.shape[-2:])
         z = self.embed(features[-1])
-        return reconstruction, z[:b], z[b:]
+        return reconstruction, z[:b], z[b:], self.locate(features[-1][b:])

@@ -2,13 +2,18 @@
 
     loss = reconstruction_weight * (L1 + MSE)(decoder(encoder(puzzle)), image)
          + invariance_weight * InfoNCE(embed(image), embed(puzzle), temperature)
+         + place_weight * CrossEntropy(locate(encoder(puzzle)), where each tile came from)
 
 The puzzle is the image cut into grid x grid tiles, each tile cropped and
 colour-jittered, then shuffled (lesion.ssl.puzzles): reconstructing the
 original from it needs an encoder that knows what a lesion and its border look
 like. InfoNCE makes the pooled embedding of an image match its puzzle's
 against the other images of the batch (and a queue of past ones when
-queue_size > 0).
+queue_size > 0). The place term asks, for each tile of the puzzle, which of
+the grid x grid places it was cut from: the direct form of "solving the
+puzzle" that the reconstruction only asks for implicitly (without it the
+decoder settles for a centred blob in the image's colours). Its accuracy is
+logged as pretrain/place_accuracy (chance: 1 / grid^2).
 
 Data: the training split (masks ignored) plus every `unlabeled` folder.
 Validation and test images are left out on purpose: pretraining on them would
@@ -45,16 +50,17 @@ from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
 from lesion.errors import ConfigError, DataError, TrainingError
 from lesion.models.io import save_encoder
-from lesion.ssl.losses import EmbeddingQueue, info_nce, reconstruction_loss
+from lesion.ssl.losses import EmbeddingQueue, info_nce, place_loss, reconstruction_loss
 from lesion.ssl.model import JigsawAutoEncoder
-from lesion.ssl.puzzles import make_puzzle
+from lesion.ssl.puzzles import assemble, make_puzzle
 from lesion.tracking import ENCODER, Tracker, set_alias, write_json
 from lesion.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from lesion.train.engine import build_optimizer, build_scheduler, make_accelerator, resolve_mixed_precision, resolve_workers
 from lesion.train.finetune import fresh_workdir, shared_run_name
 
 PRETRAIN_SPLITS = ("train", "unlabeled")
-METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance")
+METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/place",
+           "pretrain/place_accuracy")
 MIN_TILE = 8  # pixels: smaller tiles hold too little to place
 
 
@@ -74,8 +80,8 @@ def check_config(ssl: SSLConfig, image_size: int) -> None:
     if not 0 <= ssl.tile_jitter < 0.5:
         raise ConfigError(f"tile_jitter={ssl.tile_jitter} must be in [0, 0.5) (a fraction of the tile side); try 0.1")
     # Single-field ranges (temperature > 0, queue_size >= 0, ...) are checked by the config itself.
-    if ssl.reconstruction_weight + ssl.invariance_weight == 0:
-        raise ConfigError("reconstruction_weight and invariance_weight must be >= 0 and not both 0")
+    if ssl.reconstruction_weight + ssl.invariance_weight + ssl.place_weight == 0:
+        raise ConfigError("reconstruction_weight, invariance_weight and place_weight must not all be 0")
 
 
 class PuzzleDataset(Dataset):
@@ -96,25 +102,32 @@ class PuzzleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def puzzle(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Puzzles of (B, C, H, W) images at their own size (see the module docstring for sizes)."""
+    def puzzle(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(puzzles, perms) of (B, C, H, W) images at their own size (see the module docstring for sizes)."""
         size = images.shape[-2:]
         side = tuple(puzzle_side(s, self.ssl.grid) for s in size)
         x = images if side == size else F.interpolate(images, size=side, mode="bilinear", align_corners=False)
-        x, _ = make_puzzle(x, self.ssl.grid, self.ssl.tile_jitter, self.ssl.tile_color_jitter, generator)
+        x, perms = make_puzzle(x, self.ssl.grid, self.ssl.tile_jitter, self.ssl.tile_color_jitter, generator)
+        return (x if side == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)), perms
+
+    def assemble(self, puzzles: torch.Tensor, place_logits: torch.Tensor) -> torch.Tensor:
+        """Puzzles re-assembled by the predicted places, at their own size (the inverse of puzzle's resizing)."""
+        size = puzzles.shape[-2:]
+        side = tuple(puzzle_side(s, self.ssl.grid) for s in size)
+        x = puzzles if side == size else F.interpolate(puzzles, size=side, mode="bilinear", align_corners=False)
+        x = assemble(x, place_logits, self.ssl.grid)
         return x if side == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image = self.images[index]["image"]
         seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        puzzle = self.puzzle(image[None], torch.Generator().manual_seed(seed))[0]
-        return {"image": image, "puzzle": puzzle, "index": index}
+        puzzle, perms = self.puzzle(image[None], torch.Generator().manual_seed(seed))
+        return {"image": image, "puzzle": puzzle[0], "perms": perms[0], "index": index}
 
 
-def picture(images: torch.Tensor, puzzles: torch.Tensor, reconstructions: torch.Tensor) -> np.ndarray:
-    """One row per image: original | puzzle | reconstruction (uint8)."""
-    rows = [np.concatenate([denormalize(t.float().cpu().numpy()) for t in triple], 1)
-            for triple in zip(images, puzzles, reconstructions)]
+def picture(*columns: torch.Tensor) -> np.ndarray:
+    """One row per image, one column per (B, C, H, W) batch: original | puzzle | reconstruction [| assembly] (uint8)."""
+    rows = [np.concatenate([denormalize(t.float().cpu().numpy()) for t in row], 1) for row in zip(*columns)]
     return np.concatenate(rows, 0)
 
 
@@ -185,7 +198,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             tracker.log_artifact(workdir / "plan.json", "plan")
 
         set_seed(seed, deterministic=not torch.cuda.is_available())  # the same initial weights every run
-        model = JigsawAutoEncoder(ssl.encoder, ssl.projection_dim)
+        model = JigsawAutoEncoder(ssl.encoder, ssl.projection_dim, ssl.grid)
         paths = [r.image for r in rows]
         dataset = PuzzleDataset(ImageDataset(paths, data.image_size, data.cache, cfg.data.max_pixels,
                                              transform=plain_transform(seed)), ssl, seed)
@@ -209,7 +222,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         # Fixed, unaugmented images and puzzles: the pictures of every epoch are comparable.
         shown = ImageDataset(paths[:4], data.image_size, data.cache, cfg.data.max_pixels)
         shown_images = torch.stack([shown[i]["image"] for i in range(len(shown))])
-        shown_puzzles = dataset.puzzle(shown_images, torch.Generator().manual_seed(seed))
+        shown_puzzles, _ = dataset.puzzle(shown_images, torch.Generator().manual_seed(seed))
 
         for epoch in range(progress["epoch"] + 1, train.epochs):
             if train.max_steps and step >= train.max_steps:
@@ -219,14 +232,15 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
             model.train()
-            sums, batches = torch.zeros(3, device=accelerator.device), 0
+            sums, batches = torch.zeros(len(METRICS), device=accelerator.device), 0
             bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{train.epochs}", leave=False, disable=not main)
             for batch in bar:
                 with accelerator.accumulate(model):
-                    reconstruction, z_image, z_puzzle = model(batch["image"], batch["puzzle"])
+                    reconstruction, z_image, z_puzzle, places = model(batch["image"], batch["puzzle"])
                     rec = reconstruction_loss(reconstruction, batch["image"])
                     inv = info_nce(z_image, z_puzzle, ssl.temperature, queue.negatives())
-                    loss = ssl.reconstruction_weight * rec + ssl.invariance_weight * inv
+                    place, accuracy = place_loss(places, batch["perms"])
+                    loss = ssl.reconstruction_weight * rec + ssl.invariance_weight * inv + ssl.place_weight * place
                     if not torch.isfinite(loss):
                         raise TrainingError(f"pretraining loss became {loss.item()} at epoch {epoch + 1}; "
                                             f"lower lr (now {train.lr}) and run again with a new run_name")
@@ -235,7 +249,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     scheduler.step()
                     optimizer.zero_grad()
                 queue.push(accelerator.gather(z_image.detach()))  # every rank keeps the same queue
-                sums += torch.stack([loss, rec, inv]).detach()
+                sums += torch.stack([loss, rec, inv, place, accuracy]).detach()
                 batches += 1
                 step += int(accelerator.sync_gradients)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -250,14 +264,17 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
             if main:
                 tqdm.write(f"[lesion] pretrain epoch {epoch + 1}/{train.epochs} loss {means[0]:.4f} "
-                           f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f})")
+                           f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f}, place {means[3]:.4f}, "
+                           f"tiles placed right {means[4]:.0%})")
                 last = epoch == train.epochs - 1 or bool(train.max_steps and step >= train.max_steps)
                 if last or (train.picture_every and (epoch + 1) % train.picture_every == 0):
                     net = accelerator.unwrap_model(model).eval()
                     with torch.no_grad():
-                        rebuilt = net.reconstruct(shown_puzzles.to(accelerator.device))
-                    tracker.log_image(picture(shown_images, shown_puzzles, rebuilt),
-                                      f"pictures/puzzles_epoch_{epoch + 1:03d}.png")
+                        rebuilt, places = net.solve(shown_puzzles.to(accelerator.device))
+                    columns = [shown_images, shown_puzzles, rebuilt]
+                    if ssl.place_weight > 0:  # the tiles where the network places them
+                        columns.append(dataset.assemble(shown_puzzles, places))
+                    tracker.log_image(picture(*columns), f"pictures/puzzles_epoch_{epoch + 1:03d}.png")
 
         out: dict[str, Any] = {"run_id": tracker.run_id, "run_name": run_name, "history": history,
                                "workdir": str(workdir), "images": len(rows)}

@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from safetensors.torch import load_file
 
 import lesion.ssl.pretrain as pretrain_module
@@ -61,12 +63,19 @@ def test_pretraining_lowers_its_loss_logs_and_registers_the_encoder(pretrained, 
     client = MlflowClient()
     run = client.get_run(pretrained["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["grid"] == "3"
-    for key in ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance"):
+    for key in ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/place",
+                "pretrain/place_accuracy"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+    assert all(0 <= h["pretrain/place_accuracy"] <= 1 for h in history)
     artifacts = {a.path for path in ("", "pictures", "plots", "encoder", "data", "plan")
                  for a in client.list_artifacts(run.info.run_id, path)}
     assert {"pictures/puzzles_epoch_001.png", "pictures/puzzles_epoch_002.png", "plots/pretrain_curves.png",
             "encoder/encoder.safetensors", "encoder/encoder.json", "data/manifest.csv", "plan/plan.json"} <= artifacts
+
+    # original | puzzle | reconstruction | tiles where the network places them, one row per shown image
+    shown = np.asarray(Image.open(client.download_artifacts(run.info.run_id, "pictures/puzzles_epoch_002.png",
+                                                            str(store))))
+    assert shown.shape[:2] == (4 * 64, 4 * 64)
 
     plan = json.loads((store / "out" / "pretrain" / "ssl" / "plan.json").read_text())
     assert plan["pretrain_splits"] == ["train", "unlabeled"]
@@ -157,9 +166,6 @@ def test_the_pretrain_entry_point_registers_an_encoder(store, tmp_path):
 
 
 def test_pretraining_needs_no_mask_at_all(store, tmp_path):
-    import numpy as np
-    from PIL import Image
-
     from lesion.data.synthetic import generate_one
 
     pool = tmp_path / "ISIC2019_images"

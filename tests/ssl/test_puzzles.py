@@ -7,8 +7,9 @@ import torch
 
 from lesion.config import SSLConfig
 from lesion.errors import ConfigError
+from lesion.ssl.losses import place_loss
 from lesion.ssl.pretrain import PuzzleDataset, check_config, puzzle_side
-from lesion.ssl.puzzles import make_puzzle, to_tiles, unshuffle
+from lesion.ssl.puzzles import assemble, make_puzzle, to_tiles, unshuffle
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -83,8 +84,30 @@ def test_pretraining_puzzles_work_at_image_sizes_not_divisible_by_the_grid():
 @pytest.mark.parametrize("change, fix", [({"grid": 1}, "grid=2"), ({"grid": 9}, "use grid<=8"),
                                          ({"tile_jitter": 0.5}, "tile_jitter"), ({"temperature": 0.0}, "temperature"),
                                          ({"queue_size": -1}, "queue_size"),
-                                         ({"reconstruction_weight": 0.0, "invariance_weight": 0.0}, "not both 0")])
+                                         ({"reconstruction_weight": 0.0, "invariance_weight": 0.0, "place_weight": 0.0}, "not all be 0")])
 def test_impossible_settings_are_one_line_config_errors(change, fix):
     with pytest.raises(ConfigError, match=fix) as err:
         check_config(SSLConfig(**change), 64)
     assert "\n" not in str(err.value)
+
+
+def test_the_place_loss_scores_each_slot_against_the_tile_it_shows():
+    _, perms = make_puzzle(torch.rand(2, 3, 48, 48), 3, generator=seeded(3))
+    right = torch.nn.functional.one_hot(perms, 9).permute(0, 2, 1).reshape(2, 9, 3, 3).float() * 20
+    loss, accuracy = place_loss(right, perms)
+    assert accuracy == 1 and loss < 1e-6
+    wrong = right.roll(1, dims=1)  # every slot now votes for the next place
+    loss, accuracy = place_loss(wrong, perms)
+    assert accuracy == 0 and loss > 10
+    loss, accuracy = place_loss(torch.zeros(2, 9, 3, 3), perms)
+    assert torch.isclose(loss, torch.log(torch.tensor(9.0)))
+
+
+def test_assembling_by_the_true_places_solves_the_puzzle():
+    images = torch.rand(3, 3, 48, 48)
+    puzzles, perms = make_puzzle(images, 3, jitter=0.0, color_jitter=0.0, generator=seeded(4))
+    right = torch.nn.functional.one_hot(perms, 9).permute(0, 2, 1).reshape(3, 9, 3, 3).float()
+    assert torch.equal(assemble(puzzles, right + 0.01 * torch.rand(3, 9, 3, 3), 3), images)
+    # Ties and conflicting votes still give every place exactly one tile.
+    mixed = assemble(puzzles, torch.zeros(3, 9, 3, 3), 3)
+    assert sorted(to_tiles(mixed, 3)[0].sum((1, 2, 3)).tolist()) == sorted(to_tiles(images, 3)[0].sum((1, 2, 3)).tolist())

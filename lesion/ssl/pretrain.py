@@ -102,21 +102,21 @@ class PuzzleDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def resized(self, images: torch.Tensor, size: tuple[int, ...] | None = None) -> torch.Tensor:
+        """images at size, by default at the puzzle side (see the module docstring for sizes); as is when they are."""
+        size = tuple(size or (puzzle_side(s, self.ssl.grid) for s in images.shape[-2:]))
+        same = tuple(images.shape[-2:]) == size
+        return images if same else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
     def puzzle(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(puzzles, perms) of (B, C, H, W) images at their own size (see the module docstring for sizes)."""
-        size = images.shape[-2:]
-        side = tuple(puzzle_side(s, self.ssl.grid) for s in size)
-        x = images if side == size else F.interpolate(images, size=side, mode="bilinear", align_corners=False)
-        x, perms = make_puzzle(x, self.ssl.grid, self.ssl.tile_jitter, self.ssl.tile_color_jitter, generator)
-        return (x if side == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)), perms
+        """(puzzles, perms) of (B, C, H, W) images at their own size."""
+        x, perms = make_puzzle(self.resized(images), self.ssl.grid, self.ssl.tile_jitter, self.ssl.tile_color_jitter,
+                               generator)
+        return self.resized(x, images.shape[-2:]), perms
 
     def assemble(self, puzzles: torch.Tensor, place_logits: torch.Tensor) -> torch.Tensor:
-        """Puzzles re-assembled by the predicted places, at their own size (the inverse of puzzle's resizing)."""
-        size = puzzles.shape[-2:]
-        side = tuple(puzzle_side(s, self.ssl.grid) for s in size)
-        x = puzzles if side == size else F.interpolate(puzzles, size=side, mode="bilinear", align_corners=False)
-        x = assemble(x, place_logits, self.ssl.grid)
-        return x if side == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        """Puzzles re-assembled by the predicted places, at their own size."""
+        return self.resized(assemble(self.resized(puzzles), place_logits, self.ssl.grid), puzzles.shape[-2:])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image = self.images[index]["image"]

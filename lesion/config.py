@@ -192,6 +192,10 @@ class SSLConfig(Checked):
     place_weight: float = param(1.0, "Weight of predicting, for every tile of the puzzle, the place it came from "
                                 "(what makes the network solve the puzzle; see benchmarks/README.md).",
                                 valid=NON_NEGATIVE)
+    tile_invariance_weight: float = param(1.0, "Weight of the tile-level InfoNCE: each puzzle tile's embedding must match "
+                                          "the same tile's in the intact image, against every other tile of the batch "
+                                          "(local features, what segmentation needs; see benchmarks/README.md).",
+                                          valid=NON_NEGATIVE)
     temperature: float = param(0.1, "InfoNCE temperature.", valid=POSITIVE)
     queue_size: int = param(0, "Memory queue of negative embeddings (0: in-batch negatives only).", valid=NON_NEGATIVE)
     projection_dim: int = param(128, "Embedding size of the projection head.", valid=AT_LEAST_ONE)

@@ -1,4 +1,4 @@
-"""Losses of the jigsaw auto-encoder: reconstruction, InfoNCE invariance and tile places."""
+"""Losses of the jigsaw auto-encoder: reconstruction, InfoNCE invariance (image and tile level) and tile places."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ def info_nce(z_image: torch.Tensor, z_puzzle: torch.Tensor, temperature: float,
     image_to_puzzle = z_image @ torch.cat([z_puzzle, extra]).T / temperature
     puzzle_to_image = z_puzzle @ torch.cat([z_image, extra]).T / temperature
     return (F.cross_entropy(image_to_puzzle, targets) + F.cross_entropy(puzzle_to_image, targets)) / 2
+
+
+def tile_info_nce(tiles_image: torch.Tensor, tiles_puzzle: torch.Tensor, perms: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """InfoNCE between every puzzle slot's embedding and the embedding of the same tile in its place.
+
+    tiles_* are (B, N, D), row-major; slot k of puzzle b shows the tile of place
+    perms[b, k]. The negatives are all other tiles of the batch, those of the
+    same image included: colour alone cannot tell them apart, texture and
+    structure must.
+    """
+    in_place = tiles_image.gather(1, perms[..., None].expand(-1, -1, tiles_image.shape[2]))
+    return info_nce(in_place.flatten(0, 1), tiles_puzzle.flatten(0, 1), temperature)
 
 
 class EmbeddingQueue:

@@ -9,10 +9,15 @@
 - projector: MLP on the pooled deepest features -> L2-normalised embedding,
   for the InfoNCE invariance between an image and its puzzle;
 - locator: a 1x1 conv on the puzzle's deepest features pooled to one cell per
-  tile -> which of the grid x grid places each shown tile came from.
+  tile -> which of the grid x grid places each shown tile came from;
+- tile projector: 1x1-conv MLP on the same per-tile cells, of the image and
+  of the puzzle -> one L2-normalised embedding per tile, for the tile-level
+  invariance (a tile must embed the same in its place and out of it).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +49,15 @@ class PyramidDecoder(nn.Module):
         return self.head(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
 
 
+class JigsawOutput(NamedTuple):
+    reconstruction: torch.Tensor  # (B, 3, H, W): the image rebuilt from its puzzle
+    z_image: torch.Tensor  # (B, D): pooled embedding of the image
+    z_puzzle: torch.Tensor  # (B, D): pooled embedding of its puzzle
+    places: torch.Tensor  # (B, grid*grid places, grid, grid): where each puzzle slot's tile belongs
+    tiles_image: torch.Tensor  # (B, grid*grid, D): one embedding per place of the image (row-major)
+    tiles_puzzle: torch.Tensor  # (B, grid*grid, D): one embedding per slot of the puzzle (row-major)
+
+
 class JigsawAutoEncoder(nn.Module):
     def __init__(self, encoder: str, projection_dim: int = 128, grid: int = 3):
         super().__init__()
@@ -54,6 +68,8 @@ class JigsawAutoEncoder(nn.Module):
         width = channels[-1]
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
         self.locator = nn.Conv2d(width, grid * grid, 1)
+        self.tile_projector = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU(inplace=True),
+                                            nn.Conv2d(width, projection_dim, 1))
 
     def embed(self, deepest: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(deepest.mean((2, 3))), dim=1)
@@ -67,11 +83,16 @@ class JigsawAutoEncoder(nn.Module):
         """(B, C, h, w) puzzle features -> (B, grid*grid places, grid, grid) logits: where each slot's tile belongs."""
         return self.locator(F.adaptive_avg_pool2d(deepest, self.grid))
 
-    def forward(self, image: torch.Tensor, puzzle: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """(reconstruction of image from puzzle, image embedding, puzzle embedding, tile place logits)."""
+    def embed_tiles(self, deepest: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, grid*grid, D): one L2-normalised embedding per tile cell, row-major."""
+        cells = self.tile_projector(F.adaptive_avg_pool2d(deepest, self.grid))
+        return F.normalize(cells.flatten(2).transpose(1, 2), dim=2)
+
+    def forward(self, image: torch.Tensor, puzzle: torch.Tensor) -> JigsawOutput:
         b = len(image)
         # One encoder pass over both views: one BatchNorm batch, half the kernel launches.
         features = self.encoder(torch.cat([image, puzzle]))[1:]
-        reconstruction = self.decoder([f[b:] for f in features], puzzle.shape[-2:])
-        z = self.embed(features[-1])
-        return reconstruction, z[:b], z[b:], self.locate(features[-1][b:])
+        deepest = features[-1]
+        z, tiles = self.embed(deepest), self.embed_tiles(deepest)
+        return JigsawOutput(self.decoder([f[b:] for f in features], puzzle.shape[-2:]), z[:b], z[b:],
+                            self.locate(deepest[b:]), tiles[:b], tiles[b:])

@@ -2,6 +2,7 @@
 
     loss = reconstruction_weight * (L1 + MSE)(decoder(encoder(puzzle)), image)
          + invariance_weight * InfoNCE(embed(image), embed(puzzle), temperature)
+         + tile_invariance_weight * InfoNCE(embed(tile in place), embed(the same tile in the puzzle))
          + place_weight * CrossEntropy(locate(encoder(puzzle)), where each tile came from)
 
 The puzzle is the image cut into grid x grid tiles, each tile cropped and
@@ -50,7 +51,7 @@ from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
 from lesion.errors import ConfigError, DataError, TrainingError
 from lesion.models.io import save_encoder
-from lesion.ssl.losses import EmbeddingQueue, info_nce, place_loss, reconstruction_loss
+from lesion.ssl.losses import EmbeddingQueue, info_nce, place_loss, reconstruction_loss, tile_info_nce
 from lesion.ssl.model import JigsawAutoEncoder
 from lesion.ssl.puzzles import assemble, make_puzzle
 from lesion.tracking import ENCODER, Tracker, set_alias, write_json
@@ -59,8 +60,8 @@ from lesion.train.engine import build_optimizer, build_scheduler, make_accelerat
 from lesion.train.finetune import fresh_workdir, shared_run_name
 
 PRETRAIN_SPLITS = ("train", "unlabeled")
-METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/place",
-           "pretrain/place_accuracy")
+METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/tile_invariance",
+           "pretrain/place", "pretrain/place_accuracy")
 MIN_TILE = 8  # pixels: smaller tiles hold too little to place
 
 
@@ -80,8 +81,9 @@ def check_config(ssl: SSLConfig, image_size: int) -> None:
     if not 0 <= ssl.tile_jitter < 0.5:
         raise ConfigError(f"tile_jitter={ssl.tile_jitter} must be in [0, 0.5) (a fraction of the tile side); try 0.1")
     # Single-field ranges (temperature > 0, queue_size >= 0, ...) are checked by the config itself.
-    if ssl.reconstruction_weight + ssl.invariance_weight + ssl.place_weight == 0:
-        raise ConfigError("reconstruction_weight, invariance_weight and place_weight must not all be 0")
+    if ssl.reconstruction_weight + ssl.invariance_weight + ssl.tile_invariance_weight + ssl.place_weight == 0:
+        raise ConfigError("reconstruction_weight, invariance_weight, tile_invariance_weight and place_weight "
+                          "must not all be 0")
 
 
 class PuzzleDataset(Dataset):
@@ -236,11 +238,13 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{train.epochs}", leave=False, disable=not main)
             for batch in bar:
                 with accelerator.accumulate(model):
-                    reconstruction, z_image, z_puzzle, places = model(batch["image"], batch["puzzle"])
-                    rec = reconstruction_loss(reconstruction, batch["image"])
-                    inv = info_nce(z_image, z_puzzle, ssl.temperature, queue.negatives())
-                    place, accuracy = place_loss(places, batch["perms"])
-                    loss = ssl.reconstruction_weight * rec + ssl.invariance_weight * inv + ssl.place_weight * place
+                    outputs = model(batch["image"], batch["puzzle"])
+                    rec = reconstruction_loss(outputs.reconstruction, batch["image"])
+                    inv = info_nce(outputs.z_image, outputs.z_puzzle, ssl.temperature, queue.negatives())
+                    tile_inv = tile_info_nce(outputs.tiles_image, outputs.tiles_puzzle, batch["perms"], ssl.temperature)
+                    place, accuracy = place_loss(outputs.places, batch["perms"])
+                    loss = (ssl.reconstruction_weight * rec + ssl.invariance_weight * inv
+                            + ssl.tile_invariance_weight * tile_inv + ssl.place_weight * place)
                     if not torch.isfinite(loss):
                         raise TrainingError(f"pretraining loss became {loss.item()} at epoch {epoch + 1}; "
                                             f"lower lr (now {train.lr}) and run again with a new run_name")
@@ -248,8 +252,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad()
-                queue.push(accelerator.gather(z_image.detach()))  # every rank keeps the same queue
-                sums += torch.stack([loss, rec, inv, place, accuracy]).detach()
+                queue.push(accelerator.gather(outputs.z_image.detach()))  # every rank keeps the same queue
+                sums += torch.stack([loss, rec, inv, tile_inv, place, accuracy]).detach()
                 batches += 1
                 step += int(accelerator.sync_gradients)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -264,8 +268,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
             if main:
                 tqdm.write(f"[lesion] pretrain epoch {epoch + 1}/{train.epochs} loss {means[0]:.4f} "
-                           f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f}, place {means[3]:.4f}, "
-                           f"tiles placed right {means[4]:.0%})")
+                           f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f}, tile invariance {means[3]:.4f}, "
+                           f"place {means[4]:.4f}, tiles placed right {means[5]:.0%})")
                 last = epoch == train.epochs - 1 or bool(train.max_steps and step >= train.max_steps)
                 if last or (train.picture_every and (epoch + 1) % train.picture_every == 0):
                     net = accelerator.unwrap_model(model).eval()

@@ -63,8 +63,8 @@ def test_pretraining_lowers_its_loss_logs_and_registers_the_encoder(pretrained, 
     client = MlflowClient()
     run = client.get_run(pretrained["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["grid"] == "3"
-    for key in ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/place",
-                "pretrain/place_accuracy"):
+    for key in ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/tile_invariance",
+                "pretrain/place", "pretrain/place_accuracy"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
     assert all(0 <= h["pretrain/place_accuracy"] <= 1 for h in history)
     artifacts = {a.path for path in ("", "pictures", "plots", "encoder", "data", "plan")

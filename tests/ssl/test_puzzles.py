@@ -7,7 +7,7 @@ import torch
 
 from lesion.config import SSLConfig
 from lesion.errors import ConfigError
-from lesion.ssl.losses import place_loss
+from lesion.ssl.losses import place_loss, tile_info_nce
 from lesion.ssl.pretrain import PuzzleDataset, check_config, puzzle_side
 from lesion.ssl.puzzles import assemble, make_puzzle, to_tiles, unshuffle
 
@@ -84,7 +84,8 @@ def test_pretraining_puzzles_work_at_image_sizes_not_divisible_by_the_grid():
 @pytest.mark.parametrize("change, fix", [({"grid": 1}, "grid=2"), ({"grid": 9}, "use grid<=8"),
                                          ({"tile_jitter": 0.5}, "tile_jitter"), ({"temperature": 0.0}, "temperature"),
                                          ({"queue_size": -1}, "queue_size"),
-                                         ({"reconstruction_weight": 0.0, "invariance_weight": 0.0, "place_weight": 0.0}, "not all be 0")])
+                                         ({"reconstruction_weight": 0.0, "invariance_weight": 0.0, "tile_invariance_weight": 0.0,
+                                           "place_weight": 0.0}, "not all be 0")])
 def test_impossible_settings_are_one_line_config_errors(change, fix):
     with pytest.raises(ConfigError, match=fix) as err:
         check_config(SSLConfig(**change), 64)
@@ -101,6 +102,21 @@ def test_the_place_loss_scores_each_slot_against_the_tile_it_shows():
     assert accuracy == 0 and loss > 10
     loss, accuracy = place_loss(torch.zeros(2, 9, 3, 3), perms)
     assert torch.isclose(loss, torch.log(torch.tensor(9.0)))
+
+
+def test_the_tile_invariance_pairs_each_puzzle_slot_with_the_tile_it_shows_in_place():
+    images = torch.rand(2, 3, 48, 48)
+    puzzles, perms = make_puzzle(images, 3, jitter=0.0, color_jitter=0.0, generator=seeded(5))
+    # Embed every tile by its own normalised pixels: the same tile embeds the same wherever it is shown.
+    def embed(x):
+        return torch.nn.functional.normalize(to_tiles(x, 3).flatten(2) - 0.5, dim=2)
+
+    right = tile_info_nce(embed(images), embed(puzzles), perms, temperature=0.05)
+    assert right < 1e-3
+    # Pairing slot k with place k (ignoring the shuffle) or with the wrong place is penalised.
+    identity = torch.arange(9).expand(2, 9)
+    assert tile_info_nce(embed(images), embed(puzzles), identity, temperature=0.05) > 1
+    assert tile_info_nce(embed(images), embed(puzzles), perms.roll(1, dims=1), temperature=0.05) > 1
 
 
 def test_assembling_by_the_true_places_solves_the_puzzle():

@@ -70,6 +70,19 @@ def mean_row(rows: list[dict], init: str, labels: str, epochs: int) -> list[obje
             f"{last5.mean():.4f}", ""]
 
 
+def paired_gains(rows: list[dict]) -> list[str]:
+    """SSL minus random on each labelled subset where both ran: the comparison the spread between subsets hides."""
+    by_seed = {(r["init"], r["seed"]): r for r in rows}
+    seeds = [s for (init, s) in by_seed if init == "SSL" and ("random", s) in by_seed]
+    lines = []
+    for label, value in (("best epoch", lambda r: r["best"]["val/jaccard"]), ("mean of last 5", lambda r: r["last5"])):
+        gains = np.array([value(by_seed["SSL", s]) - value(by_seed["random", s]) for s in seeds])
+        if len(gains):
+            lines.append(f"SSL - random, {label}: mean {gains.mean():+.4f}, ahead on {(gains > 0).sum()} of {len(gains)} "
+                         f"subsets ({', '.join(f'{g:+.3f}' for g in gains)})")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SAMPLE))
@@ -124,6 +137,7 @@ def main() -> None:
         table += [mean_row(rows, init, labels, args.epochs) for init in ("SSL", "random") if any(r["init"] == init for r in rows)]
     print_table(["init", "labels", "epochs", "best val/jaccard (epoch)", "val/dice at best", "val/jaccard last epoch",
                  "mean of last 5", "minutes"], table)
+    print("\n".join(paired_gains(rows)))
 
 
 if __name__ == "__main__":

@@ -77,15 +77,14 @@ def assemble(puzzles: torch.Tensor, place_logits: torch.Tensor, grid: int) -> to
     Each slot gets its own place, greedily by confidence: the picture of how far
     the network has solved each puzzle (unshuffle with the true perms is the answer).
     """
-    tiles = to_tiles(puzzles, grid)
     scores = place_logits.detach().float().flatten(2).transpose(1, 2).cpu()  # (B, slot, place)
-    perms = torch.empty(scores.shape[:2], dtype=torch.long)
+    predicted = torch.empty(scores.shape[:2], dtype=torch.long)  # like perms: slot k shows place predicted[k]
     for i, score in enumerate(scores):
         free_slots, free_places = set(range(len(score))), set(range(len(score)))
         for flat in torch.argsort(score.flatten(), descending=True).tolist():
             slot, place = divmod(flat, len(score))
             if slot in free_slots and place in free_places:
-                perms[i, place] = slot
+                predicted[i, slot] = place
                 free_slots.discard(slot)
                 free_places.discard(place)
-    return from_tiles(tiles[torch.arange(len(tiles))[:, None], perms.to(tiles.device)], grid)
+    return unshuffle(puzzles, predicted, grid)

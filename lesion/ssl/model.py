@@ -74,25 +74,24 @@ class JigsawAutoEncoder(nn.Module):
     def embed(self, deepest: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(deepest.mean((2, 3))), dim=1)
 
+    def tile_cells(self, deepest: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) deepest features -> (B, C, grid, grid): one cell per tile, what locator and tile projector read."""
+        return F.adaptive_avg_pool2d(deepest, self.grid)
+
     def solve(self, puzzle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction, tile place logits) of a puzzle alone: what the pictures show."""
         features = self.encoder(puzzle)[1:]
-        return self.decoder(features, puzzle.shape[-2:]), self.locate(features[-1])
+        return self.decoder(features, puzzle.shape[-2:]), self.locator(self.tile_cells(features[-1]))
 
-    def locate(self, deepest: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) puzzle features -> (B, grid*grid places, grid, grid) logits: where each slot's tile belongs."""
-        return self.locator(F.adaptive_avg_pool2d(deepest, self.grid))
-
-    def embed_tiles(self, deepest: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) -> (B, grid*grid, D): one L2-normalised embedding per tile cell, row-major."""
-        cells = self.tile_projector(F.adaptive_avg_pool2d(deepest, self.grid))
-        return F.normalize(cells.flatten(2).transpose(1, 2), dim=2)
+    def embed_tiles(self, cells: torch.Tensor) -> torch.Tensor:
+        """(B, C, grid, grid) cells -> (B, grid*grid, D): one L2-normalised embedding per tile, row-major."""
+        return F.normalize(self.tile_projector(cells).flatten(2).transpose(1, 2), dim=2)
 
     def forward(self, image: torch.Tensor, puzzle: torch.Tensor) -> JigsawOutput:
         b = len(image)
         # One encoder pass over both views: one BatchNorm batch, half the kernel launches.
         features = self.encoder(torch.cat([image, puzzle]))[1:]
-        deepest = features[-1]
-        z, tiles = self.embed(deepest), self.embed_tiles(deepest)
+        z, cells = self.embed(features[-1]), self.tile_cells(features[-1])
+        tiles = self.embed_tiles(cells)
         return JigsawOutput(self.decoder([f[b:] for f in features], puzzle.shape[-2:]), z[:b], z[b:],
-                            self.locate(deepest[b:]), tiles[:b], tiles[b:])
+                            self.locator(cells[b:]), tiles[:b], tiles[b:])

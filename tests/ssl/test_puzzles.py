@@ -92,9 +92,15 @@ def test_impossible_settings_are_one_line_config_errors(change, fix):
     assert "\n" not in str(err.value)
 
 
+def true_places(perms: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """(B, N) perms -> (B, N places, grid, grid) one-hot place logits: each slot votes for the place its tile came from."""
+    n = grid * grid
+    return torch.nn.functional.one_hot(perms, n).permute(0, 2, 1).reshape(len(perms), n, grid, grid).float()
+
+
 def test_the_place_loss_scores_each_slot_against_the_tile_it_shows():
     _, perms = make_puzzle(torch.rand(2, 3, 48, 48), 3, generator=seeded(3))
-    right = torch.nn.functional.one_hot(perms, 9).permute(0, 2, 1).reshape(2, 9, 3, 3).float() * 20
+    right = true_places(perms) * 20
     loss, accuracy = place_loss(right, perms)
     assert accuracy == 1 and loss < 1e-6
     wrong = right.roll(1, dims=1)  # every slot now votes for the next place
@@ -122,7 +128,7 @@ def test_the_tile_invariance_pairs_each_puzzle_slot_with_the_tile_it_shows_in_pl
 def test_assembling_by_the_true_places_solves_the_puzzle():
     images = torch.rand(3, 3, 48, 48)
     puzzles, perms = make_puzzle(images, 3, jitter=0.0, color_jitter=0.0, generator=seeded(4))
-    right = torch.nn.functional.one_hot(perms, 9).permute(0, 2, 1).reshape(3, 9, 3, 3).float()
+    right = true_places(perms)
     assert torch.equal(assemble(puzzles, right + 0.01 * torch.rand(3, 9, 3, 3), 3), images)
     # Ties and conflicting votes still give every place exactly one tile.
     mixed = assemble(puzzles, torch.zeros(3, 9, 3, 3), 3)

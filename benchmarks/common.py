@@ -8,7 +8,10 @@ from pathlib import Path
 
 import torch
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "isic2017-sample"
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SAMPLE = SHARED_DATA / "isic2017-sample"
+EXTERNAL = SHARED_DATA / "ham10000" / "test"  # another source and other cameras: the external test set
+EXTERNAL_POOL = SHARED_DATA / "ham10000" / "unlabeled"
 
 
 def machine() -> str:

@@ -17,7 +17,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from lesion.data.color import METHODS as COLOR_CONSTANCY
 from lesion.errors import ConfigError
+from lesion.postprocess import MODES as POSTPROCESS
 
 
 def param(default: Any, help: str, choices: tuple[str, ...] | None = None,
@@ -45,6 +47,12 @@ class Checked:
                 raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
 
 
+def color_constancy_param() -> Any:
+    """One definition for every stage that feeds images to an encoder (fine-tuning and pretraining)."""
+    return param("none", "Colour constancy of every input image (Shades of Gray, p=6), the same in training, "
+                 "pseudo-labelling, evaluate, predict, serving and ONNX; saved with the model.", COLOR_CONSTANCY)
+
+
 # --------------------------------------------------------------------------- groups
 
 
@@ -57,6 +65,9 @@ class DataConfig(Checked):
         "isic, ph2, folder.",
     )
     unlabeled: str = param("", "Extra unlabelled image folders, comma-separated (for SSL and pseudo-labels).")
+    external: str = param("", "Labelled data from another source or clinic (same syntax as data; every image with a "
+                          "mask counts): each stage's best checkpoint is scored on it at the end and logged as "
+                          "best/external_*. Reported, never selected on.")
     label_fraction: float = param(1.0, "Fraction of the training split that keeps its masks (seeded).", valid=FRACTION)
     labels: int = param(0, "Keep masks for exactly this many training images (overrides label_fraction when > 0).",
                         valid=NON_NEGATIVE)
@@ -84,6 +95,10 @@ class ModelConfig(Checked):
     )
     dropout: float = param(0.0, "Channel dropout before the segmentation head (student noise).", valid=RATE)
     drop_path: float = param(0.0, "Stochastic depth rate in the encoder (student noise).", valid=RATE)
+    color_constancy: str = color_constancy_param()
+    postprocess: str = param("none", "Mask post-processing after the threshold, at the original size: largest_fill "
+                             "keeps the largest connected component and fills its holes; saved with the model and "
+                             "used by validation, evaluate, predict and serving.", POSTPROCESS)
 
 
 @dataclass
@@ -99,7 +114,10 @@ class TrainConfig(Checked):
     warmup_epochs: float = param(1.0, "Linear warm-up length in epochs.", valid=NON_NEGATIVE)
     grad_accum: int = param(1, "Gradient accumulation steps.", valid=AT_LEAST_ONE)
     mixed_precision: str = param("auto", "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16.", ("auto", "no", "bf16", "fp16"))
-    loss: str = param("bce+dice", "Segmentation loss.", ("bce+dice", "bce", "dice"))
+    loss: str = param("bce+dice", "Segmentation loss (dice: per image; batch_dice: over the batch, as smp's DiceLoss).",
+                      ("bce+dice", "bce+batch_dice", "bce", "dice"))
+    ema: float = param(0.0, "Decay of a weight EMA that is validated and saved instead of the raw weights (0: off; "
+                       "e.g. 0.99).", valid=RATE)
     patience: int = param(0, "Early stopping after this many epochs without a better val/jaccard (0: off).",
                           valid=NON_NEGATIVE)
     picture_every: int = param(2, "Log an overlay grid of fixed validation images every N epochs (0: only at the end).",
@@ -122,6 +140,10 @@ class NoiseConfig(Checked):
     coarse_dropout: float = param(0.5, "Coarse dropout (cut-out) of image patches.", valid=NON_NEGATIVE)
     flip_rot90: float = param(1.0, "Flips and 90-degree rotations.", valid=NON_NEGATIVE)
     shift_scale_rotate: float = param(0.7, "Affine shift, scale and rotation.", valid=NON_NEGATIVE)
+    photometric: float = param(0.0, "Brightness, contrast, gamma, hue and saturation jitter, in every policy "
+                               "(the teacher's too): robustness to other cameras.", valid=UNIT)
+    artifacts: float = param(0.0, "Dermoscopy artefacts (a dark vignette circle, hair-like lines, blur), in every "
+                             "policy: robustness to other clinics.", valid=UNIT)
 
 
 @dataclass
@@ -153,6 +175,8 @@ class EvaluateConfig(Checked):
     image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
     batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
     tta: bool = param(False, "Average predictions over horizontal/vertical flips.")
+    postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
+                             ("model", *POSTPROCESS))
     out: str = param("", "Folder for ISIC-format masks <id>_segmentation.png (default: output_dir/evaluate/<run>).")
     cache_dir: str = param("", "Preprocessing cache folder.")
     max_pixels: int = param(150_000_000, "Refuse images above this many pixels.", valid=POSITIVE)
@@ -172,6 +196,10 @@ class PredictConfig(Checked):
     batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
     tta: bool = param(False, "Average predictions over flips.")
     threshold: float = param(0.5, "Probability threshold for the binary mask.", valid=UNIT)
+    postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
+                             ("model", *POSTPROCESS))
+    probabilities: bool = param(False, "Also write <id>_probability.png: the raw lesion probability (0..255) at the "
+                                "original size, before threshold and post-processing.")
     max_pixels: int = param(150_000_000, "Refuse images above this many pixels.", valid=POSITIVE)
     skip_bad: bool = param(False, "Skip unreadable images (counted) instead of stopping.")
 
@@ -181,6 +209,7 @@ class SSLConfig(Checked):
     """Jigsaw-invariant auto-encoder (JIANet idea) on the fine-tuning encoder."""
 
     encoder: str = param("resnet18", "timm encoder to pretrain (fine-tune later with the same encoder).")
+    color_constancy: str = color_constancy_param()
     grid: int = param(3, "Puzzle grid size (grid x grid tiles); image_size must be divisible by it.",
                       valid=AT_LEAST_ONE)
     tile_jitter: float = param(0.1, "Random crop jitter of each tile, as a fraction of the tile size.", valid=RATE)
@@ -234,6 +263,9 @@ class PseudoConfig(Checked):
     student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.",
                                 valid=NON_NEGATIVE)
     student_lr: float = param(0.0, "Students' peak learning rate (0: lr, the teacher's).", valid=NON_NEGATIVE)
+    student_epoch_images: int = param(0, "Images a student draws per epoch (0: each labelled and kept pseudo-labelled "
+                                      "image once). Set it with a large unlabelled pool to keep the students' budget.",
+                                      valid=NON_NEGATIVE)
     student_init: str = param("encoder_init", "Student start: encoder_init (a fresh student, as in the Noisy Student "
                               "paper) or teacher (continue from its teacher's weights: better on small budgets).",
                               ("encoder_init", "teacher"))

@@ -22,7 +22,7 @@ from lesion.config import DataConfig, EvaluateConfig, to_flat
 from lesion.data.datasets import SegmentationDataset
 from lesion.data.prepare import prepare_data
 from lesion.errors import ConfigError
-from lesion.inference import predict_probabilities
+from lesion.inference import final_mask, predict_probabilities
 from lesion.metrics import METRIC_NAMES, per_image_scores, resize_probabilities
 from lesion.models.io import load_model
 from lesion.tracking import Tracker, write_json
@@ -31,7 +31,7 @@ from lesion.train.finetune import shared_run_name
 
 
 def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, batch_size: int, tta: bool,
-                 device: torch.device, progress: bool) -> None:
+                 device: torch.device, progress: bool, postprocess: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ds, batch_size, shuffle=False)
     for batch in tqdm(loader, desc="write masks", leave=False, disable=not progress):
@@ -39,7 +39,7 @@ def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, bat
         for prob, index in zip(probs, batch["index"].tolist()):
             row = ds.rows[index]
             h, w = ds.cache.load(row.image, row.mask or None).original_size
-            mask = resize_probabilities(prob[0], (h, w)).numpy() >= 0.5
+            mask = final_mask(resize_probabilities(prob[0], (h, w)), 0.5, postprocess)
             Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out / f"{row.id}_segmentation.png")
 
 
@@ -63,10 +63,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         # Every image with a mask counts here, also training images held back as unlabelled elsewhere.
         rows = [replace(r, labelled=True) for r in rows]
         prefix = "ph2" if data.format == "ph2" else cfg.split  # metrics say what they were measured on
-        ds = SegmentationDataset(rows, data.cache)
+        ds = SegmentationDataset(rows, data.cache, color_constancy=model.config.color_constancy)
+        postprocess = model.config.postprocess if cfg.postprocess == "model" else cfg.postprocess
         loader = DataLoader(ds, cfg.batch_size, shuffle=False)
         model, loader = accelerator.prepare(model, loader)
-        metrics, counts, index = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.tta)
+        result = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.tta,
+                          postprocess=postprocess)
+        metrics, counts, index = result.metrics, result.counts, result.index
         metrics[f"{prefix}/images"] = float(len(counts))  # scored once each: no padding duplicates, none dropped
         out: dict[str, Any] = {"metrics": metrics, "images": len(rows), "run_id": tracker.run_id}
         if main:
@@ -76,18 +79,23 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             table = workdir / "per_image.csv"
             with open(table, "w", newline="") as fh:
                 writer = csv.writer(fh)
-                writer.writerow(["id", *METRIC_NAMES])
+                writer.writerow(["id", *METRIC_NAMES, "degenerate"])
                 for j, i in enumerate(index):
-                    writer.writerow([rows[i].id, *(f"{scores[m][j]:.6f}" for m in METRIC_NAMES)])
+                    writer.writerow([rows[i].id, *(f"{scores[m][j]:.6f}" for m in METRIC_NAMES),
+                                     int(result.degenerate[j])])
             tracker.log_artifact(table, "evaluation")
             masks_dir = Path(cfg.out) if cfg.out else workdir / "masks"
             _write_masks(accelerator.unwrap_model(model), ds, masks_dir, cfg.batch_size, cfg.tta, accelerator.device,
-                         progress=True)
+                         progress=True, postprocess=postprocess)
             out["masks"] = str(masks_dir)
             write_json(workdir / "metrics.json", out)
             tracker.log_artifact(workdir / "metrics.json", "evaluation")
             print("[lesion] " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.endswith("/images"))
                   + f"  ({len(counts)} images)")
+            if result.degenerate.any():
+                flagged = [rows[i].id for i, bad in zip(index, result.degenerate) if bad]
+                print(f"[lesion] {len(flagged)} degenerate mask(s) (covering most of the frame or touching every "
+                      f"border), e.g. {', '.join(flagged[:5])}; see {table.name}")
             print(f"[lesion] ISIC-format masks: {masks_dir}")
         accelerator.wait_for_everyone()
     return out

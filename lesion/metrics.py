@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from lesion.errors import DataError
+from lesion.postprocess import postprocess_mask
 
 METRIC_NAMES = ("jaccard", "threshold_jaccard", "dice", "sensitivity", "specificity", "accuracy", "miou2")
 ISIC_JACCARD_THRESHOLD = 0.65
@@ -100,7 +101,7 @@ def resize_probabilities(prob: torch.Tensor, size: tuple[int, int]) -> torch.Ten
 
 
 def score_image(prediction: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray,
-                threshold: float = 0.5) -> np.ndarray:
+                threshold: float = 0.5, postprocess: str = "none") -> np.ndarray:
     """(h, w) prediction at any resolution vs. (H, W) bool truth -> confusion counts [4].
 
     Float probabilities are resized to the truth's size and `prob >= threshold` is
@@ -117,6 +118,8 @@ def score_image(prediction: torch.Tensor | np.ndarray, truth: torch.Tensor | np.
         pred = resize_probabilities(pred, tuple(truth_t.shape)) >= threshold
     else:
         raise TypeError(f"prediction must be bool or float probabilities, got {pred.dtype}")
+    if postprocess not in ("none", ""):  # as the user gets the mask (lesion.postprocess), at the original size
+        pred = torch.from_numpy(postprocess_mask(pred.cpu().numpy(), postprocess)).to(truth_t.device)
     return confusion(pred, truth_t)
 
 

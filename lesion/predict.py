@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +16,15 @@ from lesion.config import PredictConfig
 from lesion.data.datasets import ImageDataset
 from lesion.data.io import IMAGE_SUFFIXES, read_image
 from lesion.errors import DataError, LesionError
-from lesion.inference import predict_probabilities
+from lesion.inference import final_mask, mask_report, predict_probabilities
 from lesion.metrics import resize_probabilities
-from lesion.models.io import load_model
+from lesion.models.io import load_model, model_config_from_meta
 from lesion.plots import overlay
 
 PREVIEW_SIDE = 1024  # overlays are for looking at: keep them screen-sized
 
 
-DERIVED_SUFFIXES = ("_segmentation", "_superpixels", "_overlay", "_mask", "_lesion")  # masks and our own outputs
+DERIVED_SUFFIXES = ("_segmentation", "_probability", "_superpixels", "_overlay", "_mask", "_lesion")  # masks and our own outputs
 
 
 def _is_derived(path: Path, root: Path) -> bool:
@@ -94,16 +95,20 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
         from lesion.export import OnnxSegmenter
 
         model, device = OnnxSegmenter(cfg.model), torch.device("cpu")
-        size = cfg.image_size or model.image_size
+        size, meta = cfg.image_size or model.image_size, model.meta
     else:
         model, meta = load_model(cfg.model, map_location=str(device))
         model.to(device)
         size = cfg.image_size or int(meta["image_size"])
+    # The model's own input and output conventions (model.json, or the ONNX file's metadata).
+    conventions = model_config_from_meta(meta)
+    postprocess = conventions.postprocess if cfg.postprocess == "model" else cfg.postprocess
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    ds = _SafeImages([str(p) for p in images], size, None, cfg.max_pixels, skip_bad=cfg.skip_bad)
+    ds = _SafeImages([str(p) for p in images], size, None, cfg.max_pixels, skip_bad=cfg.skip_bad,
+                     color_constancy=conventions.color_constancy)
     loader = DataLoader(ds, cfg.batch_size, shuffle=False, collate_fn=_collate)
-    written, skipped = 0, []
+    written, skipped, reports = 0, [], []
     for batch in tqdm(loader, desc="predict", unit="batch"):
         skipped += batch["errors"]
         if batch["image"] is None:
@@ -112,8 +117,13 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
         for prob, index, hw in zip(probs, batch["index"], batch["size"]):
             stem = output_stem(images[index], cfg.input)
             (out / stem).parent.mkdir(parents=True, exist_ok=True)
-            mask = resize_probabilities(prob[0], hw).numpy() >= cfg.threshold
+            full = resize_probabilities(prob[0], hw)
+            mask = final_mask(full, cfg.threshold, postprocess)
+            if cfg.probabilities:
+                Image.fromarray((full.numpy() * 255).round().astype(np.uint8), mode="L").save(
+                    out / f"{stem}_probability.png")
             Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out / f"{stem}_segmentation.png")
+            reports.append({"image": str(images[index]), "mask": f"{stem}_segmentation.png", **mask_report(mask)})
             original = read_image(images[index], cfg.max_pixels)
             scale = min(1.0, PREVIEW_SIDE / max(hw))
             preview = (int(round(hw[1] * scale)), int(round(hw[0] * scale)))
@@ -123,5 +133,14 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
             written += 1
     for line in skipped:
         print(f"[lesion] skipped: {line}")
+    degenerate = [r for r in reports if r["degenerate"]]
+    with open(out / "predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["image", "mask", "lesion_fraction", "degenerate"])
+        writer.writeheader()
+        writer.writerows({**r, "lesion_fraction": f"{r['lesion_fraction']:.6f}", "degenerate": int(r["degenerate"])}
+                         for r in reports)
     print(f"[lesion] wrote {written} mask(s) and overlay(s) to {out}" + (f"; skipped {len(skipped)}" if skipped else ""))
-    return {"written": written, "skipped": len(skipped), "out": str(out)}
+    if degenerate:
+        print(f"[lesion] {len(degenerate)} of {written} mask(s) are degenerate (they cover most of the frame or touch "
+              f"every border), e.g. {Path(degenerate[0]['image']).name}: check them; see {out / 'predictions.csv'}")
+    return {"written": written, "skipped": len(skipped), "degenerate": len(degenerate), "out": str(out)}

@@ -2,7 +2,8 @@
 
 For every finetune run and every self-training stage it reads the label
 fraction, the best checkpoint's validation Jaccard/Dice and, where the data
-has a labelled test split, the same checkpoint's test Jaccard/Dice, then draws what users of
+has a labelled test split, the same checkpoint's test Jaccard/Dice, and where runs were given an
+`external` set (another source or clinic) its Jaccard and share of degenerate masks, then draws what users of
 label-efficient methods compare: metric against label fraction, one line per
 method (supervised from random init, from SSL init, self-trained teacher,
 student, student*), the gain of each student over its teacher, and a gallery
@@ -65,11 +66,15 @@ def collect(client, runs: list) -> list[dict[str, Any]]:
                      "parent": parent or "", "val_jaccard": metrics["best/val_jaccard"],
                      "val_dice": metrics.get("best/val_dice", float("nan")),
                      "test_jaccard": metrics.get("best/test_jaccard", float("nan")),
-                     "test_dice": metrics.get("best/test_dice", float("nan")), "data": params.get("data", "")})
+                     "test_dice": metrics.get("best/test_dice", float("nan")),
+                     "external_jaccard": metrics.get("best/external_jaccard", float("nan")),
+                     "external_degenerate": metrics.get("best/external_degenerate", float("nan")),
+                     "data": params.get("data", "")})
     return rows
 
 
-SCORES = ("val_jaccard", "val_dice", "test_jaccard", "test_dice")
+SCORES = ("val_jaccard", "val_dice", "test_jaccard", "test_dice", "external_jaccard", "external_degenerate")
+HELD_OUT = ("test", "external")  # columns shown only where some run was scored on such a set
 
 
 def _mean(values: list[float]) -> float:
@@ -77,13 +82,18 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def has_split(table: list[dict[str, Any]], split: str) -> bool:
+    return any(np.isfinite(v) for t in table for k, v in t.items() if split in k and isinstance(v, float))
+
+
 def has_test(table: list[dict[str, Any]]) -> bool:
-    return any(np.isfinite(v) for t in table for k, v in t.items() if "test" in k and isinstance(v, float))
+    return has_split(table, "test")
 
 
 def _visible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Test columns only where some run was scored on a test split."""
-    return rows if has_test(rows) else [{k: v for k, v in r.items() if "test" not in k} for r in rows]
+    """Test and external columns only where some run was scored on such a set."""
+    hidden = [split for split in HELD_OUT if not has_split(rows, split)]
+    return [{k: v for k, v in r.items() if not any(split in k for split in hidden)} for r in rows]
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -120,6 +130,8 @@ def curves_figure(table: list[dict[str, Any]]) -> plt.Figure:
     panels = [("val_jaccard", "validation Jaccard"), ("val_dice", "validation Dice")]
     if has_test(table):
         panels += [("test_jaccard", "test Jaccard"), ("test_dice", "test Dice")]
+    if has_split(table, "external"):
+        panels += [("external_jaccard", "external Jaccard"), ("external_degenerate", "external: degenerate masks")]
     fig, axes = plt.subplots(len(panels) // 2, 2, figsize=(11, 4 * len(panels) // 2), squeeze=False)
     axes = axes.ravel()
     for ax, (key, title) in zip(axes, panels):
@@ -166,8 +178,9 @@ def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
         rows = select(read_manifest(manifest), "val", labelled=True)
     cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), DataConfig().max_pixels)
     samples = [cache.load(r.image, r.mask) for r in rows]
-    probs = predict_images(model, [s.image for s in samples], cache.size)
-    scores = [per_image_scores(score_image(p, cache.original_mask(r.image, r.mask)))["jaccard"][0]
+    probs = predict_images(model, [s.image for s in samples], cache.size, color_constancy=model.config.color_constancy)
+    scores = [per_image_scores(score_image(p, cache.original_mask(r.image, r.mask),
+                                           postprocess=model.config.postprocess))["jaccard"][0]
               for p, r in zip(probs, rows)]
     worst = np.argsort(scores, kind="stable")[:count]
     picture = overlay_grid([samples[i].image for i in worst], [samples[i].mask.astype(bool) for i in worst],
@@ -189,7 +202,7 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
-    keys = list(SCORES if has_test(table) else SCORES[:2])
+    keys = [k for k in SCORES if not any(split in k and not has_split(table, split) for split in HELD_OUT)]
     lines = ["| method | label fraction | runs | " + " | ".join(k.replace("_", "/") for k in keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     lines += [f"| {t['method']} | {t['label_fraction']:g} | {t['runs']} | "
@@ -244,7 +257,7 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
     page = ["<html><head><meta charset='utf-8'><title>lesion: label-efficiency report</title></head>",
             "<body style='font-family:sans-serif;max-width:1100px;margin:auto'>",
             "<h1>Label-efficiency report</h1>",
-            f"<h2>{'Validation and test' if has_test(table) else 'Validation'} scores by method and label fraction</h2>",
+            "<h2>Scores by method and label fraction</h2>",
             "<p>Each run's best checkpoint (by validation Jaccard); ISIC metrics at the masks' original resolution, "
             "macro-averaged over images; the mean over runs with the same method and label fraction.</p>",
             _html_table(_visible(table)), _img_tag(out / "label_efficiency.png"),
@@ -286,7 +299,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     prefix = cfg.run.run_name or "sweep"
     encoder = ""
     if "ssl" in methods:
-        pre = run_pretrain(PretrainConfig(data=cfg.data, ssl=SSLConfig(encoder=cfg.model.encoder),
+        pre = run_pretrain(PretrainConfig(data=cfg.data, ssl=SSLConfig(encoder=cfg.model.encoder,
+                                                                       color_constancy=cfg.model.color_constancy),
                                           train=replace(cfg.train, epochs=cfg.ssl_epochs),
                                           run=replace(cfg.run, run_name=f"{prefix}-ssl")))
         encoder = pre.get("encoder_dir", "")

@@ -142,7 +142,7 @@ class Study:
                     train_rows=labelled + pseudo_rows, pseudo={s.id: s.file for s in selection.kept},
                     pseudo_threshold=cfg.pseudo.threshold,
                     sampler_weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio),
-                    epoch_callback=report)
+                    epoch_draws=cfg.pseudo.student_epoch_images, epoch_callback=report)
             except optuna.TrialPruned as err:
                 pruned = err
                 self.tracker.set_tags({"lesion.trial_state": "PRUNED", "lesion.trial_note": str(err)})

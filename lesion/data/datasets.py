@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from lesion.config import NoiseConfig
 from lesion.data.cache import PreprocessCache, resize_image
+from lesion.data.color import apply_color_constancy
 from lesion.data.io import read_image
 from lesion.data.splits import Row
 from lesion.data.transforms import build_transform, normalize
@@ -66,9 +67,11 @@ class SegmentationDataset(Dataset):
         seed: int = 0,
         pseudo: dict[str, str] | None = None,
         pseudo_threshold: float = 0.0,
+        color_constancy: str = "none",
     ):
         self.rows = rows
         self.cache = cache
+        self.color_constancy = color_constancy
         self.pseudo = pseudo or {}
         self.pseudo_threshold = pseudo_threshold
         self.seed, self.epoch = seed, 0
@@ -100,7 +103,7 @@ class SegmentationDataset(Dataset):
             sample = self.cache.load(row.image, None)
             target = load_pseudo_label(self.pseudo[row.id])
             valid = pseudo_valid(target, self.pseudo_threshold)
-        image = sample.image
+        image = apply_color_constancy(sample.image, self.color_constancy)  # before augmentation: jitter around neutral
         if self.transform is not None:
             out = self.transform(image=image, masks=[target, valid])
             image, (target, valid) = out["image"], out["masks"]
@@ -116,22 +119,26 @@ class ImageDataset(Dataset):
     """Images only (inference, pseudo-labelling, SSL): from the cache, or decoded on the fly."""
 
     def __init__(self, paths: list[str], size: int, cache: PreprocessCache | None, max_pixels: int,
-                 transform=None):
+                 transform=None, color_constancy: str = "none"):
         self.paths = paths
         self.size = size
         self.cache = cache
         self.max_pixels = max_pixels
         self.transform = transform
+        self.color_constancy = color_constancy
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def image(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        """The working-size image with its colour constancy, and the original (H, W)."""
         if self.cache is not None:
             sample = self.cache.load(self.paths[index], None)
-            return sample.image, sample.original_size
-        full = read_image(self.paths[index], self.max_pixels)
-        return resize_image(full, self.size), full.shape[:2]
+            image, size = sample.image, sample.original_size
+        else:
+            full = read_image(self.paths[index], self.max_pixels)
+            image, size = resize_image(full, self.size), full.shape[:2]
+        return apply_color_constancy(image, self.color_constancy), size
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         image, (h, w) = self.image(index)

@@ -146,9 +146,13 @@ def init_encoder(model: LesionSegmenter, encoder_init: str) -> dict[str, Any]:
     return {"loaded": "encoder", "tensors": len(state) - len(extra), "ignored": len(extra), "source": encoder_init}
 
 
+# Models saved before these settings existed were trained and used without them.
+UNSET_MEANS = {"color_constancy": "none", "postprocess": "none"}
+
+
 def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
     names = {f.name for f in fields(ModelConfig)}
-    return ModelConfig(**{k: v for k, v in meta.items() if k in names})
+    return ModelConfig(**{**UNSET_MEANS, **{k: v for k, v in meta.items() if k in names}})
 
 
 def load_model(source: str, map_location: str = "cpu") -> tuple[LesionSegmenter, dict[str, Any]]:

@@ -2,9 +2,11 @@
 
 Input: a DataFrame with an `image` column of encoded PNG/JPEG bytes (MLflow's
 JSON formats carry them as base64). Output: one row per image with the mask
-as a base64 PNG at the image's original size, its height and width, and the
-lesion fraction; `return_probabilities=True` adds the probability map
-(base64 PNG, 0..255).
+as a base64 PNG at the image's original size (thresholded, then post-processed
+as the model was trained to be), its height and width, the lesion fraction and
+whether the mask is degenerate (covers most of the frame or touches every
+border: check such images); `return_probabilities=True` adds the raw
+probability map (base64 PNG, 0..255), before threshold and post-processing.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def pyfunc_signature():
     return ModelSignature(
         inputs=Schema([ColSpec("binary", "image")]),
         outputs=Schema([ColSpec("string", "mask"), ColSpec("long", "height"), ColSpec("long", "width"),
-                        ColSpec("double", "lesion_fraction")]),
+                        ColSpec("double", "lesion_fraction"), ColSpec("boolean", "degenerate")]),
         params=ParamSchema([ParamSpec("threshold", "double", 0.5), ParamSpec("return_probabilities", "boolean", False),
                             ParamSpec("tta", "boolean", False)]),
     )
@@ -80,19 +82,21 @@ class LesionPyfunc(mlflow.pyfunc.PythonModel):
         self.model, self.meta = load_model(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from lesion.inference import mask_png, predict_images
+        from lesion.inference import final_mask, mask_png, mask_report, predict_images
 
         params = params or {}
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns or len(model_input) == 0:
             raise _bad_input("input must have an 'image' column with at least one base64-encoded PNG or JPEG")
         images = [decode_image(v, i) for i, v in enumerate(model_input["image"].tolist())]
-        probs = predict_images(self.model, images, int(self.meta["image_size"]), tta=bool(params.get("tta", False)))
+        conventions = self.model.config  # the model's colour constancy and post-processing, from its model.json
+        probs = predict_images(self.model, images, int(self.meta["image_size"]), tta=bool(params.get("tta", False)),
+                               color_constancy=conventions.color_constancy)
         threshold = float(params.get("threshold", 0.5))
         rows = []
         for prob in probs:
-            mask = prob >= threshold
+            mask = final_mask(prob, threshold, conventions.postprocess)
             row = {"mask": base64.b64encode(mask_png(mask)).decode(), "height": mask.shape[0],
-                   "width": mask.shape[1], "lesion_fraction": float(mask.mean())}
+                   "width": mask.shape[1], **mask_report(mask)}
             if params.get("return_probabilities"):
                 buf = io.BytesIO()
                 Image.fromarray((prob * 255).round().astype(np.uint8), mode="L").save(buf, format="PNG")

@@ -131,11 +131,11 @@ class Stages:
 def _train_stage(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker, data: PreparedData, role: str,
                  round_: int, extra_tags: dict[str, Any], train_rows: list[Row] | None = None,
                  pseudo: dict[str, str] | None = None, threshold: float = 0.0,
-                 weights: torch.Tensor | None = None):
+                 weights: torch.Tensor | None = None, epoch_draws: int = 0):
     def work(folder: Path) -> dict[str, Any]:
         tracker.log_artifact(data.manifest, "data")
         stage = train_segmenter(cfg, accelerator, tracker, folder, role, data, train_rows=train_rows, pseudo=pseudo,
-                                pseudo_threshold=threshold, sampler_weights=weights,
+                                pseudo_threshold=threshold, sampler_weights=weights, epoch_draws=epoch_draws,
                                 extra_tags={"round": round_, **extra_tags})
         last = stage.fit.history[-1] if stage.fit.history else {}
         best = next((h for h in stage.fit.history if h["epoch"] == stage.fit.best_epoch), last)
@@ -144,6 +144,11 @@ def _train_stage(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker
                 "val_miou2": best.get("val/miou2", float("nan")),
                 "val_threshold_jaccard": best.get("val/threshold_jaccard", float("nan")),
                 "test_jaccard": (stage.test or {}).get("jaccard"), "test_dice": (stage.test or {}).get("dice"),
+                "external_jaccard": (stage.external or {}).get("jaccard"),
+                "external_dice": (stage.external or {}).get("dice"),
+                "external_degenerate": (stage.external or {}).get("degenerate"),
+                "external_poor": (stage.external or {}).get("jaccard_below_half"),
+                "external_low_specificity": (stage.external or {}).get("specificity_below_half"),
                 "train_images": len(train_rows or [])}
     return work
 
@@ -221,27 +226,31 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                  "stage_name": name},
                 train_rows=labelled + pseudo_rows, pseudo={s.id: s.file for s in decisions.kept},
                 threshold=cfg.pseudo.threshold,
-                weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio)))
+                weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio),
+                epoch_draws=cfg.pseudo.student_epoch_images))
             history.append(StageRecord(name, student))
             if main and student.get("version"):
                 set_alias(SEGMENTER, "student", student["version"])
                 promote_champion(student["version"], student["val_jaccard"], tracker, data, accelerator.device, name)
 
         summary = {r.name: {k: r.outputs.get(k) for k in ("val_jaccard", "val_dice", "val_threshold_jaccard", "val_miou2",
-                                                           "test_jaccard", "test_dice", "version")}
+                                                           "test_jaccard", "test_dice", "external_jaccard",
+                                                           "external_dice", "external_degenerate", "external_poor",
+                                                           "external_low_specificity", "version")}
                    for r in history}
         if main:
             for i, r in enumerate(history):
                 tracker.log_metrics({"stage/val_jaccard": r.outputs["val_jaccard"],
                                      "stage/val_dice": r.outputs["val_dice"],
-                                     **{f"stage/{k}": r.outputs[k] for k in ("test_jaccard", "test_dice")
+                                     **{f"stage/{k}": r.outputs[k] for k in ("test_jaccard", "test_dice",
+                                                                             "external_jaccard", "external_degenerate")
                                         if r.outputs.get(k) is not None}}, step=i)
             _log_comparison(history, data, tracker)
             write_json(workdir / "selftrain.json", summary)
             tracker.log_artifact(workdir / "selftrain.json", "selftrain")
             for name, s in summary.items():
-                test = (f"test/jaccard {s['test_jaccard']:.4f}  test/dice {s['test_dice']:.4f}  "
-                        if s.get("test_jaccard") is not None else "")
+                test = "".join(f"{split}/jaccard {s[split + '_jaccard']:.4f}  {split}/dice {s[split + '_dice']:.4f}  "
+                               for split in ("test", "external") if s.get(split + "_jaccard") is not None)
                 print(f"[lesion] {name:10s} val/jaccard {s['val_jaccard']:.4f}  val/dice {s['val_dice']:.4f}  {test}"
                       f"lesion-segmenter v{s['version']}")
     return {"run_id": tracker.run_id, "run_name": run_name, "stages": summary, "workdir": str(workdir)}
@@ -277,7 +286,7 @@ def _log_comparison(history: list[StageRecord], data: PreparedData, tracker: Tra
     columns = [[overlay(im, truth=t) for im, t in zip(images, truths)]]
     for r in history:
         model, _ = load_model(r.outputs["best_dir"])
-        probs = predict_images(model, images, data.image_size)
+        probs = predict_images(model, images, data.image_size, color_constancy=model.config.color_constancy)
         columns.append([overlay(im, pred=p >= 0.5, truth=t) for im, p, t in zip(images, probs, truths)])
     grid = np.concatenate([np.concatenate(row, axis=1) for row in zip(*columns)], axis=0)
     tracker.log_image(grid, "pictures/stages_" + "_".join(n.replace("*", "star") for n in ["truth", *names]) + ".png")

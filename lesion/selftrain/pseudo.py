@@ -52,7 +52,8 @@ def pseudo_label(model: torch.nn.Module, rows: list[Row], cache: PreprocessCache
     main = accelerator.is_main_process
     if main:
         (out_dir / "probabilities").mkdir(parents=True, exist_ok=True)
-    ds = ImageDataset([r.image for r in rows], cache.size, cache, cache.max_pixels)
+    ds = ImageDataset([r.image for r in rows], cache.size, cache, cache.max_pixels,
+                      color_constancy=model.config.color_constancy)
     loader = accelerator.prepare(DataLoader(ds, batch_size, shuffle=False))
     model.eval()
     stats: list[PseudoStats] = []

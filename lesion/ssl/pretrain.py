@@ -45,7 +45,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from lesion.config import PretrainConfig, SSLConfig, to_flat
+from lesion.config import NoiseConfig, PretrainConfig, SSLConfig, to_flat
 from lesion.data.datasets import ImageDataset, epoch_seed, seed_worker, worker_seed
 from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
@@ -63,6 +63,8 @@ PRETRAIN_SPLITS = ("train", "unlabeled")
 METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/tile_invariance",
            "pretrain/place", "pretrain/place_accuracy")
 MIN_TILE = 8  # pixels: smaller tiles hold too little to place
+# Flips, rot90 and a mild affine only: the puzzle brings its own per-tile colour jitter.
+PRETRAIN_AUGMENTATION = NoiseConfig(photometric=0.0, artifacts=0.0)
 
 
 def puzzle_side(size: int, grid: int) -> int:
@@ -203,7 +205,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         model = JigsawAutoEncoder(ssl.encoder, ssl.projection_dim, ssl.grid)
         paths = [r.image for r in rows]
         dataset = PuzzleDataset(ImageDataset(paths, data.image_size, data.cache, cfg.data.max_pixels,
-                                             transform=plain_transform(seed)), ssl, seed)
+                                             transform=plain_transform(seed, PRETRAIN_AUGMENTATION),
+                                             color_constancy=ssl.color_constancy), ssl, seed)
         loader = DataLoader(dataset, train.batch_size, shuffle=True, drop_last=len(dataset) > train.batch_size,
                             num_workers=resolve_workers(cfg.data.num_workers), worker_init_fn=seed_worker,
                             generator=torch.Generator().manual_seed(seed))
@@ -222,7 +225,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         for record in history:  # re-log what a crash kept out of MLflow (steps already there are skipped)
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
         # Fixed, unaugmented images and puzzles: the pictures of every epoch are comparable.
-        shown = ImageDataset(paths[:4], data.image_size, data.cache, cfg.data.max_pixels)
+        shown = ImageDataset(paths[:4], data.image_size, data.cache, cfg.data.max_pixels,
+                             color_constancy=ssl.color_constancy)
         shown_images = torch.stack([shown[i]["image"] for i in range(len(shown))])
         shown_puzzles, _ = dataset.puzzle(shown_images, torch.Generator().manual_seed(seed))
 
@@ -286,7 +290,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             tracker.log_figure(loss_curves(history), "plots/pretrain_curves.png")
             encoder = accelerator.unwrap_model(model).encoder
             folder = save_encoder(encoder, ssl.encoder, workdir / "encoder", image_size=data.image_size,
-                                  epochs=len(history), data=cfg.data.data, run_id=tracker.run_id)
+                                  epochs=len(history), data=cfg.data.data, run_id=tracker.run_id,
+                                  color_constancy=ssl.color_constancy)
             out["encoder_dir"] = str(folder)
             if cfg.run.register and tracker.active:
                 out["version"] = register_encoder(tracker, folder, {

@@ -30,11 +30,12 @@ from lesion.data.cache import PreprocessCache
 from lesion.data.datasets import SegmentationDataset, epoch_seed, seed_worker
 from lesion.data.splits import Row
 from lesion.errors import TrainingError
-from lesion.inference import predict_probabilities
-from lesion.metrics import score_image, summarize
+from lesion.inference import predict_probabilities, score_prediction
+from lesion.metrics import per_image_scores, summarize
 from lesion.models.io import save_model
 from lesion.tracking import Tracker
-from lesion.train.checkpoint import load_checkpoint, save_checkpoint
+from lesion.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
+from lesion.train.ema import WeightEMA
 from lesion.train.losses import segmentation_loss
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -119,31 +120,42 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, batches_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), total_steps
 
 
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]  # macro averages, `<prefix>/degenerate` the share of degenerate masks
+    counts: np.ndarray  # (N, 4) per-image confusion counts [tp, fp, fn, tn]
+    degenerate: np.ndarray  # (N,) bool: the mask covers most of the frame or touches every border
+    index: np.ndarray  # (N,) row index of each image
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache: PreprocessCache,
              accelerator: Accelerator, prefix: str = "val", tta: bool = False,
-             progress: bool = True) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+             progress: bool = True, postprocess: str | None = None) -> Evaluation:
     """Metrics at each mask's original resolution, macro-averaged over images.
 
-    Each process scores its own shard; gather_for_metrics joins the per-image
-    confusion counts without the padding duplicates of the last batch.
-    Returns (metrics, per-image counts, row indices), the arrays on every process.
+    Masks are scored as users get them: thresholded, then post-processed (postprocess=None:
+    the model's own setting). Each process scores its own shard; gather_for_metrics joins
+    the per-image counts without the padding duplicates of the last batch. The arrays are
+    on every process.
     """
     model.eval()
-    all_counts, all_index = [], []
+    postprocess = accelerator.unwrap_model(model).config.postprocess if postprocess is None else postprocess
+    all_scores, all_index = [], []
     for batch in tqdm(loader, desc=f"{prefix}", leave=False, disable=not (progress and accelerator.is_main_process)):
-        probs = predict_probabilities(model, batch["image"], tta)
-        counts = []
-        for prob, index in zip(probs, batch["index"].tolist()):
-            row = rows[index]
-            counts.append(score_image(prob[0].cpu(), cache.original_mask(row.image, row.mask)))
-        counts_t = torch.as_tensor(np.stack(counts), device=accelerator.device)
-        gathered_counts, gathered_index = accelerator.gather_for_metrics((counts_t, batch["index"].to(accelerator.device)))
-        all_counts.append(gathered_counts.cpu().numpy())
+        with accelerator.autocast():  # also for a model Accelerate did not prepare (the weight EMA)
+            probs = predict_probabilities(model, batch["image"], tta)
+        scores = [score_prediction(prob[0], cache.original_mask(rows[index].image, rows[index].mask), postprocess)
+                  for prob, index in zip(probs, batch["index"].tolist())]
+        scores_t = torch.as_tensor(np.stack(scores), device=accelerator.device)
+        gathered, gathered_index = accelerator.gather_for_metrics((scores_t, batch["index"].to(accelerator.device)))
+        all_scores.append(gathered.cpu().numpy())
         all_index.append(gathered_index.cpu().numpy())
-    counts_np, index_np = np.concatenate(all_counts), np.concatenate(all_index)
-    metrics = {f"{prefix}/{k}": v for k, v in summarize(counts_np).items()}
-    return metrics, counts_np, index_np
+    scores_np, index_np = np.concatenate(all_scores), np.concatenate(all_index)
+    counts, degenerate = scores_np[:, :4], scores_np[:, 4].astype(bool)
+    metrics = {f"{prefix}/{k}": v for k, v in summarize(counts).items()}
+    metrics[f"{prefix}/degenerate"] = float(degenerate.mean())
+    return Evaluation(metrics, counts, degenerate, index_np)
 
 
 @torch.inference_mode()
@@ -151,13 +163,18 @@ def score_rows(model: torch.nn.Module, rows: list[Row], cache: PreprocessCache, 
                device: torch.device | str = "cpu") -> dict[str, float]:
     """ISIC metrics of model on labelled rows, in this process alone (the registry gate re-scores with it)."""
     model.eval()
-    counts = []
-    for batch in DataLoader(SegmentationDataset(rows, cache), batch_size, shuffle=False):
+    scores = []
+    dataset = SegmentationDataset(rows, cache, color_constancy=model.config.color_constancy)
+    for batch in DataLoader(dataset, batch_size, shuffle=False):
         probs = predict_probabilities(model, batch["image"].to(device)).cpu()
-        for prob, index in zip(probs, batch["index"].tolist()):
-            row = rows[index]
-            counts.append(score_image(prob[0], cache.original_mask(row.image, row.mask)))
-    return summarize(np.stack(counts))
+        scores += [score_prediction(prob[0], cache.original_mask(rows[i].image, rows[i].mask), model.config.postprocess)
+                   for prob, i in zip(probs, batch["index"].tolist())]
+    scores_np = np.stack(scores)
+    per_image = per_image_scores(scores_np[:, :4])
+    # Failure counts, as a user of another clinic's data would tally them.
+    return {**summarize(scores_np[:, :4]), "degenerate": float(scores_np[:, 4].mean()), "images": len(scores_np),
+            "jaccard_below_half": int((per_image["jaccard"] < 0.5).sum()),
+            "specificity_below_half": int((per_image["specificity"] < 0.5).sum())}
 
 
 def _picture(model: torch.nn.Module, val_ds: Dataset, picture_indices: list[int], device: torch.device) -> np.ndarray:
@@ -189,6 +206,7 @@ def fit(
     picture_count: int = 4,
     stage: str = "",
     sampler_weights: torch.Tensor | None = None,
+    epoch_draws: int = 0,
     epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     workdir = Path(workdir)
@@ -198,9 +216,10 @@ def fit(
     optimizer = build_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(seed)
     if sampler_weights is not None:
-        # labelled:pseudo ratio for self-training; one "epoch" is len(train_ds) draws.
-        sampler = torch.utils.data.WeightedRandomSampler(sampler_weights, len(train_ds), generator=generator)
-        train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=len(train_ds) > cfg.batch_size,
+        # labelled:pseudo ratio for self-training; one "epoch" is len(train_ds) draws unless epoch_draws says.
+        draws = epoch_draws or len(train_ds)
+        sampler = torch.utils.data.WeightedRandomSampler(sampler_weights, draws, generator=generator)
+        train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=draws > cfg.batch_size,
                                   num_workers=num_workers, worker_init_fn=seed_worker)
     else:
         train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator,
@@ -216,8 +235,11 @@ def fit(
 
     history: list[dict[str, float]] = []
     best_score, best_epoch, bad_epochs, start_epoch, step = -1.0, -1, 0, 0, 0
+    ema = WeightEMA(accelerator.unwrap_model(model), cfg.ema) if cfg.ema > 0 else None
     progress = load_checkpoint(accelerator, workdir)
     if progress is not None:
+        if ema is not None:
+            ema.load_state_dict(load_extra(workdir))
         history, best_score, best_epoch = progress["history"], progress["best_score"], progress["best_epoch"]
         bad_epochs, step, start_epoch = progress["bad_epochs"], progress["step"], progress["epoch"] + 1
         if main:
@@ -255,11 +277,15 @@ def fit(
             loss_count += 1
             if accelerator.sync_gradients:
                 step += 1
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model))
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         train_loss = accelerator.reduce(loss_sum / max(1, loss_count), reduction="mean").item()
-        metrics, _, _ = evaluate(model, val_loader, val_ds.rows, cache, accelerator)
+        # With an EMA, the average is the model: validated, kept as best/last, pictured.
+        scored = ema.model if ema is not None else model
+        metrics = evaluate(scored, val_loader, val_ds.rows, cache, accelerator).metrics
         record = {"epoch": epoch, "train/loss": train_loss, "train/lr": scheduler.get_last_lr()[0], **metrics}
         history.append(record)
         improved = metrics["val/jaccard"] > best_score
@@ -267,7 +293,7 @@ def fit(
             best_score, best_epoch, bad_epochs = metrics["val/jaccard"], epoch, 0
         else:
             bad_epochs += 1
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = ema.model if ema is not None else accelerator.unwrap_model(model)
         if main:
             if improved:
                 save_model(unwrapped, workdir / "best", image_size, epoch=epoch, val_jaccard=best_score)
@@ -275,7 +301,8 @@ def fit(
         # Checkpoint first, then log: a crash in between re-logs on resume, never twice.
         save_checkpoint(accelerator, workdir, {"epoch": epoch, "step": step, "history": history,
                                                "best_score": best_score, "best_epoch": best_epoch,
-                                               "bad_epochs": bad_epochs})
+                                               "bad_epochs": bad_epochs},
+                        extra=ema.state_dict() if ema is not None else None)
         tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         patience_out = bool(cfg.patience and bad_epochs >= cfg.patience)
         final = epoch == cfg.epochs - 1 or patience_out or bool(cfg.max_steps and step >= cfg.max_steps)

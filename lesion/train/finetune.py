@@ -12,10 +12,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 
-from lesion.config import FinetuneConfig, to_flat
+from lesion.config import DataConfig, FinetuneConfig, to_flat
+from lesion.data.cache import PreprocessCache
 from lesion.data.datasets import SegmentationDataset
-from lesion.data.prepare import PreparedData, prepare_data
-from lesion.data.splits import select
+from lesion.data.prepare import PreparedData, prepare_data, resolve_cache_dir
+from lesion.data.sources import discover
+from lesion.data.splits import Row, select
 from lesion.errors import ConfigError, LesionError
 from lesion.inference import image_png
 from lesion.models import build_model
@@ -59,6 +61,7 @@ class StageResult:
     version: str | None
     data: PreparedData
     test: dict[str, float] | None = None  # the best model's ISIC metrics on the labelled test split, if any
+    external: dict[str, float] | None = None  # ... and on the external set (DataConfig.external), if any
 
 
 def score_test_split(best_dir: Path, data: PreparedData, batch_size: int,
@@ -71,11 +74,37 @@ def score_test_split(best_dir: Path, data: PreparedData, batch_size: int,
     return score_rows(model.to(device), test_rows, data.cache, batch_size, device)
 
 
+def external_rows(cfg: DataConfig, image_size: int) -> tuple[list[Row], PreprocessCache]:
+    """Every image with a mask in cfg.external (another source or clinic), cached at the working size."""
+    cache_dir = resolve_cache_dir(cfg.cache_dir)
+    found = discover(cfg.external, cache_dir, skip_bad=cfg.skip_bad)
+    rows = [Row(r.id, r.image, r.mask, "external", True, r.source) for r in found.records if r.mask]
+    if not rows:
+        raise ConfigError(f"external={cfg.external}: no images with masks; pass a labelled folder "
+                          "(images/ + masks/, ISIC or PH2) or leave external empty")
+    cache = PreprocessCache(cache_dir, image_size, cfg.max_pixels)
+    usable, skipped, _ = cache.warm([(r.image, r.mask) for r in rows], skip_bad=cfg.skip_bad,
+                                    desc=f"external: decode+resize to {image_size}px")
+    if skipped:
+        print(f"[lesion] external: skipped {len(skipped)} unusable file(s) (skip_bad=true)")
+    return [rows[i] for i in usable], cache
+
+
+def score_external(best_dir: Path, cfg: DataConfig, image_size: int, batch_size: int,
+                   device: torch.device | str) -> dict[str, float] | None:
+    """The best checkpoint on the external set: how it generalises to another source; reported, never selected on."""
+    if not cfg.external:
+        return None
+    rows, cache = external_rows(cfg, image_size)
+    model, _ = load_model(str(best_dir))
+    return score_rows(model.to(device), rows, cache, batch_size, device)
+
+
 def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker, workdir: Path, role: str,
                     data: PreparedData, model: torch.nn.Module | None = None, train_rows=None,
                     pseudo: dict[str, str] | None = None, pseudo_threshold: float = 0.0,
                     sampler_weights: torch.Tensor | None = None, extra_tags: dict[str, Any] | None = None,
-                    epoch_callback=None) -> StageResult:
+                    epoch_callback=None, epoch_draws: int = 0) -> StageResult:
     """Fit a segmenter on data (labelled rows, or given train_rows with pseudo-labels), then log and register it."""
     train_rows = train_rows if train_rows is not None else select(data.rows, "train", labelled=True)
     val_rows = select(data.rows, "val", labelled=True)
@@ -84,9 +113,10 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
     if model is None:
         set_seed(cfg.run.seed, deterministic=not torch.cuda.is_available())  # the same initial weights every run
         model = build_initialised_model(cfg, tracker)
+    cc = cfg.model.color_constancy
     train_ds = SegmentationDataset(train_rows, data.cache, cfg.noise, train=True, seed=cfg.run.seed,
-                                   pseudo=pseudo, pseudo_threshold=pseudo_threshold)
-    val_ds = SegmentationDataset(val_rows, data.cache)
+                                   pseudo=pseudo, pseudo_threshold=pseudo_threshold, color_constancy=cc)
+    val_ds = SegmentationDataset(val_rows, data.cache, color_constancy=cc)
     if accelerator.is_main_process:
         write_json(workdir / "plan.json", {
             **to_flat(cfg), "image_size": data.image_size, "num_processes": accelerator.num_processes,
@@ -97,7 +127,7 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
         tracker.log_artifact(workdir / "plan.json", "plan")
     result = fit(model, train_ds, val_ds, data.cache, cfg.train, accelerator, tracker, workdir, data.image_size,
                  seed=cfg.run.seed, num_workers=resolve_workers(cfg.data.num_workers), stage=role,
-                 sampler_weights=sampler_weights, epoch_callback=epoch_callback)
+                 sampler_weights=sampler_weights, epoch_draws=epoch_draws, epoch_callback=epoch_callback)
     model_uri = version = test = None
     if accelerator.is_main_process and tracker.active and result.history:
         test = score_test_split(result.best_dir, data, cfg.train.batch_size, accelerator.device)
@@ -117,14 +147,19 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
                     tags["test_jaccard"] = f"{test['jaccard']:.6f}"
                 version = register(model_uri, SEGMENTER, tags)
                 tracker.set_tags({"lesion.model_version": version})
+        external = score_external(result.best_dir, cfg.data, data.image_size, cfg.train.batch_size,
+                                  accelerator.device)
         best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
         tracker.log_metrics({"best/val_jaccard": result.best_score, "best/val_dice": best["val/dice"],
-                             **{f"best/test_{k}": v for k, v in (test or {}).items()}},
+                             **{f"best/test_{k}": v for k, v in (test or {}).items()},
+                             **{f"best/external_{k}": v for k, v in (external or {}).items()}},
                             step=max(0, result.best_epoch))
-        if test:
-            print(f"[lesion] {role} best checkpoint on the {len(select(data.rows, 'test', labelled=True))} test "
-                  f"images: test/jaccard {test['jaccard']:.4f} test/dice {test['dice']:.4f}")
-    return StageResult(result, model_uri, version, data, test)
+        for name, scores in (("test", test), ("external", external)):
+            if scores:
+                print(f"[lesion] {role} best checkpoint on the {scores['images']} {name} images: "
+                      f"{name}/jaccard {scores['jaccard']:.4f} {name}/dice {scores['dice']:.4f} "
+                      f"{name}/degenerate {scores['degenerate']:.1%}")
+    return StageResult(result, model_uri, version, data, test, external)
 
 
 def promote_champion(version: str, score: float, tracker: Tracker, data: PreparedData,
@@ -190,7 +225,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         tracker.log_params({f"data.{k}": v for k, v in data.summary().items()})
         stage = train_segmenter(cfg, accelerator, tracker, workdir, "supervised", data)
         out = {"run_id": tracker.run_id, "run_name": run_name, "best_val_jaccard": stage.fit.best_score,
-               "best_epoch": stage.fit.best_epoch, "test": stage.test, "model_uri": stage.model_uri, "version": stage.version,
+               "best_epoch": stage.fit.best_epoch, "test": stage.test, "external": stage.external, "model_uri": stage.model_uri, "version": stage.version,
                "history": stage.fit.history, "num_processes": accelerator.num_processes, "workdir": str(workdir)}
         if accelerator.is_main_process and stage.version:
             out["champion"] = promote_champion(stage.version, stage.fit.best_score, tracker, data, accelerator.device)

@@ -15,11 +15,13 @@ def masked_bce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) 
     return (per_pixel * valid).sum() / valid.sum().clamp_min(1.0)
 
 
-def masked_dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """1 - soft Dice per image over valid pixels, averaged over the batch."""
+def masked_dice(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, eps: float = 1.0,
+                per_image: bool = True) -> torch.Tensor:
+    """1 - soft Dice over valid pixels: per image and averaged over the batch, or over the whole batch at once
+    (smp's DiceLoss; large lesions weigh more)."""
     prob = torch.sigmoid(logits) * valid
     target = target * valid
-    dims = tuple(range(1, logits.ndim))
+    dims = tuple(range(1, logits.ndim)) if per_image else tuple(range(logits.ndim))
     inter = (prob * target).sum(dims)
     denom = prob.sum(dims) + target.sum(dims)
     return (1 - (2 * inter + eps) / (denom + eps)).mean()
@@ -31,4 +33,6 @@ def segmentation_loss(kind: str, logits: torch.Tensor, target: torch.Tensor, val
         return masked_bce(logits, target, valid)
     if kind == "dice":
         return masked_dice(logits, target, valid)
+    if kind == "bce+batch_dice":
+        return masked_bce(logits, target, valid) + masked_dice(logits, target, valid, per_image=False)
     return masked_bce(logits, target, valid) + masked_dice(logits, target, valid)

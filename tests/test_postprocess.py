@@ -1,0 +1,70 @@
+"""Mask post-processing (largest component, holes) and the degenerate-mask flag."""
+
+import numpy as np
+import pytest
+
+from lesion.metrics import score_image
+from lesion.postprocess import fill_holes, is_degenerate, largest_component, postprocess_mask
+
+
+def lesion_with_speckles_and_a_hole() -> np.ndarray:
+    mask = np.zeros((40, 50), bool)
+    mask[10:30, 10:30] = True  # the lesion
+    mask[18:22, 18:22] = False  # a hole in it (a bright regression area)
+    mask[2:4, 40:43] = True  # speckles on hairs and bubbles
+    mask[35, 5] = True
+    return mask
+
+
+def test_largest_component_drops_speckles_and_keeps_the_hole():
+    out = largest_component(lesion_with_speckles_and_a_hole())
+    assert out[2:4, 40:43].sum() == 0 and not out[35, 5]
+    assert out[10:30, 10:30].sum() == 20 * 20 - 16
+
+
+def test_fill_holes_closes_the_lesion_but_not_the_background_touching_the_border():
+    out = fill_holes(lesion_with_speckles_and_a_hole())
+    assert out[18:22, 18:22].all()
+    assert not out[0, :].any() and out.sum() == 20 * 20 + 6 + 1
+    ring = np.zeros((20, 20), bool)
+    ring[:, :3] = ring[:, -3:] = True  # two bands touching the border enclose nothing
+    assert np.array_equal(fill_holes(ring), ring)
+
+
+def test_largest_fill_is_both_and_none_is_identity():
+    mask = lesion_with_speckles_and_a_hole()
+    out = postprocess_mask(mask, "largest_fill")
+    expected = np.zeros_like(mask)
+    expected[10:30, 10:30] = True
+    assert np.array_equal(out, expected)
+    assert np.array_equal(postprocess_mask(mask, "none"), mask)
+    assert not postprocess_mask(np.zeros((5, 5), bool), "largest_fill").any()
+    with pytest.raises(ValueError, match="unknown postprocess"):
+        postprocess_mask(mask, "biggest")
+
+
+def test_scoring_uses_the_post_processed_mask():
+    truth = np.zeros((40, 50), bool)
+    truth[10:30, 10:30] = True
+    prob = lesion_with_speckles_and_a_hole().astype(np.float32)
+    tp, fp, fn, tn = score_image(prob, truth)
+    assert fp == 7 and fn == 16
+    assert score_image(prob, truth, postprocess="largest_fill").tolist() == [400, 0, 0, 40 * 50 - 400]
+
+
+def test_degenerate_masks_are_flagged():
+    frame = np.ones((30, 40), bool)
+    assert is_degenerate(frame)
+    most = np.zeros((30, 40), bool)
+    most[:, 2:] = True  # 95% of the frame
+    assert is_degenerate(most)
+    cross = np.zeros((30, 40), bool)
+    cross[15, :] = cross[:, 20] = True  # thin, but touches every border
+    assert is_degenerate(cross)
+    centred = np.zeros((30, 40), bool)
+    centred[5:25, 5:35] = True
+    assert not is_degenerate(centred)
+    touching_two = np.zeros((30, 40), bool)
+    touching_two[:20, :30] = True  # a big lesion cut by two borders is a real lesion
+    assert not is_degenerate(touching_two)
+    assert not is_degenerate(np.zeros((30, 40), bool))

@@ -159,19 +159,30 @@ def run_lesion(args, fraction: float, seed: int) -> dict:
             "last5": float(np.mean(history[-5:])), "jaccards": history}
 
 
-def lesion_external(model_dir: str, external_pairs: list[tuple[str, str]]) -> tuple[float, float]:
-    """(lesion's own evaluate path, the reference scorer on lesion's predictions) on the external set."""
-    from lesion.inference import predict_images
-    from lesion.metrics import score_image, summarize
+def lesion_external(model_dir: str, external_pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """lesion's scores of its best model on the external set (the masks users get: colour constancy and
+    post-processing as saved with the model), and the reference scorer's Jaccard of the raw 0.5 threshold."""
+    from lesion.inference import predict_images, score_prediction
+    from lesion.metrics import per_image_scores
     from lesion.models.io import load_model
 
     model, meta = load_model(model_dir)
     images = [read_rgb(p) for p, _ in external_pairs]
     truths = [read_mask(m) for _, m in external_pairs]
-    probs = predict_images(model, images, int(meta["image_size"]), batch_size=16)
-    own = summarize(np.stack([score_image(p.astype(np.float32), t) for p, t in zip(probs, truths)]))["jaccard"]
+    size = int(meta["image_size"])
+    probs = predict_images(model, images, size, batch_size=16, color_constancy=model.config.color_constancy)
+    scores = np.stack([score_prediction(torch_tensor(p), t, model.config.postprocess) for p, t in zip(probs, truths)])
+    per_image = per_image_scores(scores[:, :4])
     reference = float(np.mean([((p >= 0.5) & t).sum() / max(1, ((p >= 0.5) | t).sum()) for p, t in zip(probs, truths)]))
-    return own, reference
+    return {"jaccard": float(per_image["jaccard"].mean()), "reference_scorer": reference,
+            "degenerate": float(scores[:, 4].mean()), "poor": int((per_image["jaccard"] < 0.5).sum())}
+
+
+def torch_tensor(prob: np.ndarray):
+    """score_prediction takes working-size torch probabilities; these are already at the original size."""
+    import torch
+
+    return torch.from_numpy(prob)
 
 
 def manifest_pairs(path: str, split: str, labelled_only: bool) -> list[tuple[str, str]]:
@@ -216,9 +227,12 @@ def main() -> None:
             t0 = time.time()
             ours = run_lesion(args, fraction, seed)
             minutes_lesion = (time.time() - t0) / 60
-            ext_own, ext_ref_scorer = lesion_external(str(Path(ours["workdir"]) / "best"), ext_pairs) if ext_pairs else (float("nan"),) * 2
+            nan = float("nan")
+            ext = (lesion_external(str(Path(ours["workdir"]) / "best"), ext_pairs) if ext_pairs else
+                   {"jaccard": nan, "reference_scorer": nan, "degenerate": nan, "poor": nan})
             result = {"fraction": fraction, "seed": seed, "lesion": ours["best"], "lesion_epoch": ours["best_epoch"],
-                      "lesion_last5": ours["last5"], "lesion_ext": ext_own, "lesion_ext_ref": ext_ref_scorer,
+                      "lesion_last5": ours["last5"], "lesion_ext": ext["jaccard"], "lesion_ext_ref": ext["reference_scorer"],
+                      "lesion_ext_degenerate": ext["degenerate"], "lesion_ext_poor": ext["poor"],
                       "minutes_lesion": minutes_lesion}
             if not args.skip_reference:
                 t0 = time.time()
@@ -232,12 +246,14 @@ def main() -> None:
     print(f"\nmachine: {machine()}")
     print(f"command: {command}   wall time: {(time.time() - started) / 60:.1f} min\n")
     header = ["labels", "seed", "lesion val J (best epoch)", "lesion last 5", "reference val J (best epoch)",
-              "reference last 5", "lesion ext J", "lesion ext J, reference scorer", "reference ext J"]
+              "reference last 5", "lesion ext J", "lesion ext J, raw, reference scorer", "reference ext J",
+              "lesion ext degenerate", "lesion ext J < 0.5"]
     for r in results:
         rows.append([f"{r['fraction']:.0%}", r["seed"], f"{r['lesion']:.4f} ({r['lesion_epoch']})",
                      f"{r['lesion_last5']:.4f}", f"{r.get('ref', float('nan')):.4f} ({r.get('ref_epoch', '')})",
                      f"{r.get('ref_last5', float('nan')):.4f}", f"{r['lesion_ext']:.4f}", f"{r['lesion_ext_ref']:.4f}",
-                     f"{r.get('ref_ext', float('nan')):.4f}"])
+                     f"{r.get('ref_ext', float('nan')):.4f}", f"{r['lesion_ext_degenerate']:.1%}",
+                     f"{r['lesion_ext_poor']}"])
     for fraction in args.fractions:
         group = [r for r in results if r["fraction"] == fraction]
 
@@ -246,7 +262,8 @@ def main() -> None:
             return f"**{np.mean(values):.4f}** ± {np.std(values, ddof=1) if len(values) > 1 else 0:.4f}"
 
         rows.append([f"**{fraction:.0%}, mean ± sd of {len(group)}**", "", ms("lesion"), ms("lesion_last5"), ms("ref"),
-                     ms("ref_last5"), ms("lesion_ext"), ms("lesion_ext_ref"), ms("ref_ext")])
+                     ms("ref_last5"), ms("lesion_ext"), ms("lesion_ext_ref"), ms("ref_ext"), ms("lesion_ext_degenerate"),
+                     ms("lesion_ext_poor")])
     print_table(header, rows)
 
 

@@ -111,7 +111,8 @@ class TrainConfig(Checked):
                                     valid=NON_NEGATIVE)
     optimizer: str = param("adamw", "Optimizer.", ("adamw", "sgd"))
     schedule: str = param("cosine", "Learning-rate schedule after warm-up.", ("cosine", "poly", "constant"))
-    warmup_epochs: float = param(1.0, "Linear warm-up length in epochs.", valid=NON_NEGATIVE)
+    warmup_fraction: float = param(0.3, "Linear warm-up, as a fraction of the training steps (0.3 with cosine: the "
+                                   "one-cycle shape; benchmarks/README.md).", valid=RATE)
     grad_accum: int = param(1, "Gradient accumulation steps.", valid=AT_LEAST_ONE)
     mixed_precision: str = param("auto", "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16.", ("auto", "no", "bf16", "fp16"))
     loss: str = param("bce+dice", "Segmentation loss (dice: per image; batch_dice: over the batch, as smp's DiceLoss).",
@@ -142,6 +143,8 @@ class NoiseConfig(Checked):
     shift_scale_rotate: float = param(0.7, "Affine shift, scale and rotation.", valid=NON_NEGATIVE)
     photometric: float = param(0.0, "Brightness, contrast, gamma, hue and saturation jitter, in every policy "
                                "(the teacher's too): robustness to other cameras.", valid=UNIT)
+    zoom_out: float = param(0.0, "Probability of shrinking the image (lesions to 50 to 90 percent of their size), in every "
+                            "policy: small lesions, as other clinics frame them.", valid=UNIT)
     artifacts: float = param(0.0, "Dermoscopy artefacts (a dark vignette circle, hair-like lines, blur), in every "
                              "policy: robustness to other clinics.", valid=UNIT)
 
@@ -231,7 +234,7 @@ class SSLConfig(Checked):
 
 
 def _pretrain_train() -> TrainConfig:
-    return TrainConfig(epochs=10, lr=1e-3, warmup_epochs=1.0, picture_every=2)
+    return TrainConfig(epochs=10, lr=1e-3, warmup_fraction=0.1, picture_every=2)
 
 
 @dataclass

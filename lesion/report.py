@@ -90,6 +90,12 @@ def has_test(table: list[dict[str, Any]]) -> bool:
     return has_split(table, "test")
 
 
+def scores_heading(table: list[dict[str, Any]]) -> str:
+    sets = ["Validation"] + [name for name, split in (("test", "test"), ("external", "external"))
+                             if has_split(table, split)]
+    return ", ".join(sets[:-1]) + " and " + sets[-1] if len(sets) > 1 else sets[0]
+
+
 def _visible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Test and external columns only where some run was scored on such a set."""
     hidden = [split for split in HELD_OUT if not has_split(rows, split)]
@@ -102,7 +108,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         groups[(r["method"], r["label_fraction"])].append(r)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    table = [{"method": m, "label_fraction": f, "runs": len(g), **{k: _mean([r[k] for r in g]) for k in SCORES}}
+    table = [{"method": m, "label_fraction": f, "runs": len(g), **{k: _mean([r.get(k, float("nan")) for r in g]) for k in SCORES}}
              for (m, f), g in groups.items()]
     return sorted(table, key=lambda t: (order.get(t["method"], 99), t["label_fraction"]))
 
@@ -257,7 +263,7 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
     page = ["<html><head><meta charset='utf-8'><title>lesion: label-efficiency report</title></head>",
             "<body style='font-family:sans-serif;max-width:1100px;margin:auto'>",
             "<h1>Label-efficiency report</h1>",
-            "<h2>Scores by method and label fraction</h2>",
+            f"<h2>{scores_heading(table)} scores by method and label fraction</h2>",
             "<p>Each run's best checkpoint (by validation Jaccard); ISIC metrics at the masks' original resolution, "
             "macro-averaged over images; the mean over runs with the same method and label fraction.</p>",
             _html_table(_visible(table)), _img_tag(out / "label_efficiency.png"),

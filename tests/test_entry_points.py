@@ -69,7 +69,7 @@ def test_mlflow_run_finetune_then_evaluate_and_predict(tmp_path, tracking, cache
 def test_two_processes_train_together_and_evaluate_like_one(tmp_path, tracking):
     out = tmp_path / "outputs"
     log = run([str(BIN / "lesion"), "launch", "finetune", "--num_processes", "2", "--",
-               "--data", DATA, "--epochs", "2", "--warmup_epochs", "0", "--batch_size", "4", "--output_dir", str(out),
+               "--data", DATA, "--epochs", "2", "--warmup_fraction", "0", "--batch_size", "4", "--output_dir", str(out),
                "--run_name", "two"],
               cwd=tmp_path)
     client = MlflowClient()

@@ -88,6 +88,14 @@ def photometric(probability: float, m: float = 1.0) -> list[A.BasicTransform]:
     ]
 
 
+def zoom_out(probability: float) -> list[A.BasicTransform]:
+    """Shrink the whole image (lesions to 50-90% of their size), the border replicated: training sets of large
+    lesions meet small ones in other clinics' framing (the ISIC 2017 validation lesions are 4x smaller)."""
+    if probability <= 0:
+        return []
+    return [A.Affine(scale=(0.5, 0.9), border_mode=cv2.BORDER_REPLICATE, p=probability)]
+
+
 def artifacts(probability: float) -> list[A.BasicTransform]:
     """What dermoscopes and skin put in the picture: a vignette, hairs, a blurred focus."""
     if probability <= 0:
@@ -107,6 +115,7 @@ def plain_transform(seed: int | None = None, cfg: NoiseConfig | None = None) -> 
             A.SquareSymmetry(p=1.0),
             A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
                      border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+            *zoom_out(cfg.zoom_out),
             *photometric(cfg.photometric),
             *artifacts(cfg.artifacts),
         ],
@@ -130,6 +139,7 @@ def noise_transform(cfg: NoiseConfig, seed: int | None = None) -> A.Compose:
             A.Affine(scale=(1 - 0.25 * m, 1 + 0.25 * m), translate_percent=(-0.1 * m, 0.1 * m),
                      rotate=(-45 * m, 45 * m), shear=(-8 * m, 8 * m),
                      border_mode=cv2.BORDER_REFLECT_101, p=p(cfg.shift_scale_rotate)),
+            *zoom_out(cfg.zoom_out),
             A.OneOf(
                 [
                     A.ElasticTransform(alpha=30 * m, sigma=6, border_mode=cv2.BORDER_REFLECT_101),

@@ -88,7 +88,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = int(round(cfg.warmup_fraction * total_steps))
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -128,7 +128,7 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
     result = fit(model, train_ds, val_ds, data.cache, cfg.train, accelerator, tracker, workdir, data.image_size,
                  seed=cfg.run.seed, num_workers=resolve_workers(cfg.data.num_workers), stage=role,
                  sampler_weights=sampler_weights, epoch_draws=epoch_draws, epoch_callback=epoch_callback)
-    model_uri = version = test = None
+    model_uri = version = test = external = None
     if accelerator.is_main_process and tracker.active and result.history:
         test = score_test_split(result.best_dir, data, cfg.train.batch_size, accelerator.device)
         done = tracker.tags()

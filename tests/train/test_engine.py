@@ -30,7 +30,7 @@ def test_the_encoder_learns_at_its_own_rate_and_norms_skip_weight_decay():
 
 
 def test_warmup_then_cosine_to_zero():
-    factor = lr_lambda(TrainConfig(warmup_epochs=1, schedule="cosine"), total_steps=20, steps_per_epoch=4)
+    factor = lr_lambda(TrainConfig(warmup_fraction=0.2, schedule="cosine"), total_steps=20, steps_per_epoch=4)
     assert factor(0) < factor(3) <= 1.0
     assert factor(4) == pytest.approx(1.0)
     assert factor(20) == pytest.approx(0.0, abs=1e-9)
@@ -41,7 +41,7 @@ def test_the_schedule_ends_with_the_training_on_any_number_of_processes(monkeypa
     # Accelerate steps a prepared scheduler once per process for every optimizer step.
     monkeypatch.setattr(accelerate.scheduler, "AcceleratorState", lambda: SimpleNamespace(num_processes=processes))
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler, steps = build_scheduler(optimizer, TrainConfig(epochs=4, lr=1.0, warmup_epochs=0), 16, processes)
+    scheduler, steps = build_scheduler(optimizer, TrainConfig(epochs=4, lr=1.0, warmup_fraction=0), 16, processes)
     prepared = AcceleratedScheduler(scheduler, SimpleNamespace(step_was_skipped=False), split_batches=False)
     lrs = []
     for _ in range(steps):

@@ -40,6 +40,37 @@ def assert_launched_cleanly(proc: subprocess.CompletedProcess) -> None:
     assert "ChildFailedError" not in output and "exitcode" not in output, output[-3000:]
 
 
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A saved segmenter (random weights: what the tests check does not depend on them)."""
+    from lesion.config import ModelConfig
+    from lesion.models import build_model, save_model
+
+    return save_model(build_model(ModelConfig()), tmp_path_factory.mktemp("model") / "model", image_size=64)
+
+
+@pytest.fixture
+def broken_model(tmp_path, model_dir) -> Path:
+    folder = tmp_path / "broken-model"
+    folder.mkdir()
+    for item in model_dir.iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    return folder
+
+
+def disc(h: int = 24, w: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((yy - h / 2) ** 2 + (xx - w / 3) ** 2) < (h / 3) ** 2
+
+
+def image_folder(root: Path, n: int = 3, size: tuple[int, int] = (24, 32)) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / f"img{i}.png")
+    return root
+
+
 # --------------------------------------------------------------------------- 1. one line through every entry path
 
 
@@ -112,3 +143,50 @@ def test_a_hugging_face_hub_encoder_is_refused_before_anything_downloads(argv, t
     proc = cli([*argv, "--data", DATA, "--output_dir", str(tmp_path / "out")], capsys)
     assert_clean_error(proc, argv[0], r"encoder='t?u?-?hf[-_]hub:timm/resnet18.a1_in1k' must be a timm model name .*"
                                       r"not a Hugging Face Hub id")
+
+
+def test_a_model_folder_whose_encoder_is_a_hub_id_is_refused(broken_model):
+    from lesion.errors import ConfigError
+    from lesion.models import load_model
+
+    meta = json.loads((broken_model / "model.json").read_text())
+    (broken_model / "model.json").write_text(json.dumps({**meta, "encoder": "tu-hf-hub:timm/resnet18.a1_in1k"}))
+    with pytest.raises(ConfigError, match=r"model.json: parameter encoder='tu-hf-hub:.*not a Hugging Face Hub id"):
+        load_model(str(broken_model))
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "predict", "export"])
+@pytest.mark.parametrize("meta, match", [
+    ("{not json", r"model.json: not readable JSON"),
+    ("[1, 2, 3]", r"model.json holds a JSON list, not an object"),
+    ('{"kind": "lesion-segmenter", "arch": "unet", "encoder": "tu-resnet18"}', r"model.json has no image_size"),
+    ('{"image_size": 64, "encoder": 18}', r"model.json: encoder=18 is not a str"),
+])
+def test_a_model_json_that_is_not_lesions_is_one_line(entry, meta, match, broken_model, tmp_path, tracking, capsys):
+    (broken_model / "model.json").write_text(meta)
+    args = {"evaluate": ["--data", DATA, "--output_dir", str(tmp_path / "out")],
+            "predict": ["--input", str(image_folder(tmp_path / "in")), "--out", str(tmp_path / "pred")],
+            "export": ["--out", str(tmp_path / "m.onnx")]}[entry]
+    proc = cli([entry, "--model", str(broken_model), *args], capsys)
+    assert_clean_error(proc, entry, match)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda b: b[: len(b) // 2], r"model.safetensors: not a readable safetensors file \(.*\); the file is truncated"),
+    (lambda b: b"PK\x03\x04" + b"\0" * 64, r"model.safetensors: not a readable safetensors file"),
+    (lambda b: b"", r"model.safetensors: not a readable safetensors file"),
+])
+def test_weights_that_are_not_safetensors_or_are_truncated_are_one_line(damage, match, broken_model, tmp_path, capsys):
+    weights = broken_model / "model.safetensors"
+    weights.write_bytes(damage(weights.read_bytes()))
+    proc = cli(["predict", "--model", str(broken_model), "--input", str(image_folder(tmp_path / "in")),
+                "--out", str(tmp_path / "pred")], capsys)
+    assert_clean_error(proc, "predict", match)
+
+
+def test_truncated_weights_through_the_lesion_script(broken_model, tmp_path):
+    weights = broken_model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    proc = run_entry("cli", "predict", {"model": broken_model, "input": image_folder(tmp_path / "in"),
+                                        "out": tmp_path / "pred"}, tmp_path)
+    assert_clean_error(proc, "predict", r"not a readable safetensors file")

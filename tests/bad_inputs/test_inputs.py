@@ -190,3 +190,61 @@ def test_truncated_weights_through_the_lesion_script(broken_model, tmp_path):
     proc = run_entry("cli", "predict", {"model": broken_model, "input": image_folder(tmp_path / "in"),
                                         "out": tmp_path / "pred"}, tmp_path)
     assert_clean_error(proc, "predict", r"not a readable safetensors file")
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "predict"])
+@pytest.mark.parametrize("below", [False, True])
+def test_out_that_is_an_existing_file_is_one_line(entry, below, model_dir, tmp_path, tracking, capsys):
+    existing = tmp_path / "taken.txt"
+    existing.write_text("keep me")
+    out = existing / "sub" if below else existing
+    args = {"evaluate": ["--data", DATA, "--output_dir", str(tmp_path / "o")],
+            "predict": ["--input", str(image_folder(tmp_path / "in"))]}[entry]
+    proc = cli([entry, "--model", str(model_dir), "--out", str(out), *args], capsys)
+    assert_clean_error(proc, entry, rf"out={re.escape(str(out))} is (under {re.escape(str(existing))}, )?an "
+                                    r"existing file, not a folder")
+    assert existing.read_text() == "keep me"
+
+
+# --------------------------------------------------------------------------- 3. predict writes what it counts, inside out
+
+
+def test_two_inputs_with_one_stem_are_refused_before_any_output(model_dir, tmp_path, capsys):
+    images = image_folder(tmp_path / "in", n=1)
+    Image.open(images / "img0.png").convert("RGB").save(images / "img0.jpg")
+    proc = cli(["predict", "--model", str(model_dir), "--input", str(images), "--out", str(tmp_path / "pred")], capsys)
+    assert_clean_error(proc, "predict", r"img0.jpg and .*img0.png would both be written as img0_segmentation.png")
+    assert not (tmp_path / "pred").exists()
+
+
+def test_predict_counts_what_it_writes_and_never_writes_through_a_symlink(model_dir, tmp_path, capsys):
+    images = image_folder(tmp_path / "in", n=3)
+    (images / "sub").mkdir()
+    Image.open(images / "img0.png").save(images / "sub" / "img0.png")  # the same stem in a sub-folder: its own name
+    out = tmp_path / "pred"
+    out.mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    (out / "img1_segmentation.png").symlink_to(outside)
+    proc = cli(["predict", "--model", str(model_dir), "--input", str(images), "--out", str(out)], capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert outside.read_text() == "not yours"
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*_segmentation.png"))
+    assert written == ["img0_segmentation.png", "img1_segmentation.png", "img2_segmentation.png",
+                       "sub/img0_segmentation.png"]
+    assert not (out / "img1_segmentation.png").is_symlink()
+    assert Image.open(out / "img1_segmentation.png").size == (32, 24)
+    assert f"wrote {len(written)} mask(s) and overlay(s)" in proc.stdout
+    assert len(list(out.rglob("*_overlay.png"))) == len(written)
+
+
+def test_predict_refuses_a_sub_folder_that_leads_out_of_out(model_dir, tmp_path, capsys):
+    images = image_folder(tmp_path / "in" / "sub", n=1).parent
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "sub").symlink_to(elsewhere, target_is_directory=True)
+    proc = cli(["predict", "--model", str(model_dir), "--input", str(images), "--out", str(out)], capsys)
+    assert_clean_error(proc, "predict", r"pred/sub leads to .*elsewhere, outside the output folder")
+    assert list(elsewhere.iterdir()) == []

@@ -206,6 +206,106 @@ def test_out_that_is_an_existing_file_is_one_line(entry, below, model_dir, tmp_p
     assert existing.read_text() == "keep me"
 
 
+# --------------------------------------------------------------------------- 2. masks read the same in every encoding
+
+
+def _palette(mask: np.ndarray, background: tuple, lesion: tuple) -> Image.Image:
+    img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.astype(np.uint8).tobytes())
+    img.putpalette([*background, *lesion] + [0, 0, 0] * 254)
+    return img
+
+
+ENCODINGS = {
+    "l_0_255.png": lambda m: Image.fromarray(m.astype(np.uint8) * 255),
+    "l_0_1.png": lambda m: Image.fromarray(m.astype(np.uint8)),
+    "one_bit.png": lambda m: Image.fromarray(m.astype(np.uint8) * 255).convert("1"),
+    "i16_0_65535.png": lambda m: Image.fromarray(m.astype(np.uint16) * 65535),
+    "i16_0_1.png": lambda m: Image.fromarray(m.astype(np.uint16)),
+    "i16_0_1.tif": lambda m: Image.fromarray(m.astype(np.uint16)),
+    "palette_red.png": lambda m: _palette(m, (0, 0, 0), (255, 0, 0)),
+    "palette_dark_on_light.png": lambda m: _palette(m, (230, 230, 230), (40, 20, 10)),
+    "palette_black_on_white.png": lambda m: _palette(m, (255, 255, 255), (0, 0, 0)),
+    "rgb_white.png": lambda m: Image.fromarray(np.dstack([m.astype(np.uint8) * 255] * 3)),
+    "rgb_green.png": lambda m: Image.fromarray(np.dstack([0 * m, m * 200, 0 * m]).astype(np.uint8)),
+    "rgba_transparent_background.png": lambda m: Image.fromarray(
+        np.dstack([np.full(m.shape, 255, np.uint8)] * 3 + [m.astype(np.uint8) * 255])),
+}
+
+
+def test_one_lesion_in_every_mask_encoding_reads_the_same_everywhere(tmp_path):
+    """read_mask, the preprocessing cache (working and original size) and the training dataset agree."""
+    from lesion.data.cache import PreprocessCache, resize_mask
+    from lesion.data.datasets import SegmentationDataset
+    from lesion.data.io import read_mask
+    from lesion.data.splits import Row
+
+    truth = disc()
+    image = tmp_path / "image.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (*truth.shape, 3), dtype=np.uint8)).save(image)
+    cache = PreprocessCache(tmp_path / "cache", 32, 10**6)
+    rows = []
+    for name, encode in ENCODINGS.items():
+        path = tmp_path / name
+        encode(truth).save(path)
+        lesion, nonbinary = read_mask(path, 10**6)
+        assert lesion.dtype == bool and (lesion == truth).all(), name
+        assert nonbinary == 0, name
+        assert (cache.original_mask(str(image), str(path)) == truth).all(), name
+        assert (cache.load(str(image), str(path)).mask == resize_mask(truth, 32)).all(), name
+        rows.append(Row(name, str(image), str(path), "train", True, "test"))
+    dataset = SegmentationDataset(rows, cache)
+    for i in range(len(rows)):
+        assert (dataset[i]["target"][0].numpy() == resize_mask(truth, 32)).all(), rows[i].id
+
+
+def test_a_0_1_mask_saved_as_jpeg_is_refused_not_read_as_empty(tmp_path):
+    from lesion.data.io import read_mask
+    from lesion.errors import DataError
+
+    path = tmp_path / "labels.jpg"
+    Image.fromarray(disc(64, 64).astype(np.uint8)).save(path, quality=70)
+    with pytest.raises(DataError, match=r"labels.jpg: mask holds values 0..\d+ .* none above 128.*saved as JPEG"):
+        read_mask(path, 10**6)
+
+
+def folder_data(root: Path, n: int, lesion: bool) -> Path:
+    rng = np.random.default_rng(3)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"c{i:02d}.png")
+        mask = disc(32, 32) if lesion else np.zeros((32, 32), bool)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"c{i:02d}_segmentation.png")
+    return root
+
+
+def test_a_data_set_whose_masks_are_all_empty_is_not_usable(tmp_path, tracking, capsys):
+    data = folder_data(tmp_path / "empty", 10, lesion=False)
+    proc = cli(["data", "inspect", str(data), "--cache_dir", str(tmp_path / "cache")], capsys)
+    assert proc.returncode == 1, proc.stdout
+    assert "ERROR   all 10 masks are empty (no lesion pixel)" in proc.stdout
+    assert "verdict: NOT usable" in proc.stdout
+
+    proc = cli(["finetune", "--data", str(data), "--image_size", "32", "--epochs", "1",
+                "--output_dir", str(tmp_path / "out"), "--register", "false"], capsys)
+    assert_clean_error(proc, "finetune", r"all \d+ labelled training masks are empty \(no lesion pixel")
+
+
+def test_a_data_set_with_some_empty_masks_is_usable(tmp_path, capsys):
+    data = folder_data(tmp_path / "some", 4, lesion=True)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "masks" / "c00_segmentation.png")
+    proc = cli(["data", "inspect", str(data), "--cache_dir", str(tmp_path / "cache")], capsys)
+    assert proc.returncode == 0, proc.stdout
+    assert "c00_segmentation.png: mask is empty" in proc.stdout
+
+
+def test_more_labels_than_training_pairs_is_an_error_not_a_silent_cap(tmp_path, tracking, capsys):
+    proc = cli(["finetune", "--data", DATA, "--labels", "1000", "--epochs", "1",
+                "--output_dir", str(tmp_path / "out"), "--register", "false"], capsys)
+    assert_clean_error(proc, "finetune", r"labels=1000 but the training split has only \d+ image\(s\) with masks; "
+                                         r"pass labels=\d+ or fewer")
+
+
 # --------------------------------------------------------------------------- 3. predict writes what it counts, inside out
 
 

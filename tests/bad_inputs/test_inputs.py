@@ -348,3 +348,58 @@ def test_predict_refuses_a_sub_folder_that_leads_out_of_out(model_dir, tmp_path,
     proc = cli(["predict", "--model", str(model_dir), "--input", str(images), "--out", str(out)], capsys)
     assert_clean_error(proc, "predict", r"pred/sub leads to .*elsewhere, outside the output folder")
     assert list(elsewhere.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- 4. serving
+
+
+@pytest.fixture(scope="module")
+def served(model_dir, tmp_path_factory):
+    """The pyfunc as `mlflow models serve` loads it (models from code), without starting a server."""
+    import mlflow
+
+    from lesion.models.pyfunc import pyfunc_signature
+
+    path = tmp_path_factory.mktemp("served") / "pyfunc"
+    mlflow.pyfunc.save_model(path, python_model=str(REPO / "lesion" / "models" / "pyfunc_model.py"),
+                             artifacts={"model_dir": str(model_dir)}, signature=pyfunc_signature(),
+                             code_paths=[str(REPO / "lesion")], pip_requirements=[])  # nothing to infer
+    return mlflow.pyfunc.load_model(str(path))
+
+
+def invoke(model, body: dict) -> tuple[int, dict]:
+    """What the scoring server answers: its invocations() and the error handler around it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    try:
+        result = scoring_server.invocations(json.dumps(body), "application/json", model,
+                                            model.metadata.get_input_schema())
+        return result.status, json.loads(result.response)
+    except MlflowException as err:
+        return err.get_http_status_code(), json.loads(err.serialize_as_json())
+
+
+def png_b64(shape=(24, 32)) -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (*shape, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize("params, image, match", [
+    ({"threshold": 1.5}, None, r"^params: threshold=1.5 must be a probability in \[0, 1\]"),
+    ({"threshold": -0.1}, None, r"^params: threshold=-0.1 must be a probability in \[0, 1\]"),
+    ({}, "bm90IGFuIGltYWdl", r"^row 0: 'image' is not a readable image"),
+])
+def test_serving_errors_are_400_with_a_one_line_body(served, params, image, match):
+    body = {"dataframe_split": {"columns": ["image"], "data": [[image or png_b64()]]}, "params": params}
+    status, answer = invoke(served, body)
+    assert status == 400, answer
+    assert set(answer) == {"error_code", "message"} and "\n" not in answer["message"], answer
+    assert re.search(match, answer["message"]), answer["message"]
+    status, answer = invoke(served, {**body, "params": {"threshold": 0.5}, "dataframe_split": {
+        "columns": ["image"], "data": [[png_b64()]]}})
+    assert status == 200 and answer["predictions"][0]["height"] == 24

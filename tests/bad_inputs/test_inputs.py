@@ -403,3 +403,51 @@ def test_serving_errors_are_400_with_a_one_line_body(served, params, image, matc
     status, answer = invoke(served, {**body, "params": {"threshold": 0.5}, "dataframe_split": {
         "columns": ["image"], "data": [[png_b64()]]}})
     assert status == 200 and answer["predictions"][0]["height"] == 24
+
+
+# --------------------------------------------------------------------------- 5. installed, not only checked out
+
+
+@SLOW
+def test_a_non_editable_install_works_outside_the_checkout(tmp_path):
+    import shutil
+    import sysconfig
+
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "outputs", "mlruns", "mlartifacts", "*.db", "__pycache__", "build", "dist", "*.egg-info",
+        ".pytest_cache"))  # a copy: building in place would leave build/ and *.egg-info in the checkout
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    # A venv's --system-site-packages would expose the base interpreter's packages, not this venv's torch & co:
+    # point the new venv at them with a .pth path line (path lines do not run this venv's editable-install hook).
+    site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "lesion-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in subprocess_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["LESION_CACHE_DIR"] = str(tmp_path / "cache")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+
+    def run(*cmd: str, timeout: int = 600) -> str:
+        proc = subprocess.run(list(cmd), cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-4000:]}"
+        assert "Traceback" not in output, output[-4000:]
+        return output
+
+    run(str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        "--ignore-installed", "--disable-pip-version-check", str(source))  # never touches the venv running the tests
+    where = run(str(venv / "bin" / "python"), "-c", "import lesion, tuning; print(lesion.__file__, tuning.__file__)")
+    assert where.split()[0].startswith(str(site)) and where.split()[1].startswith(str(site)), where
+    lesion = str(venv / "bin" / "lesion")
+    assert "launch" in run(lesion, "--help")
+    common = ["--data", DATA, "--epochs", "1", "--max_steps", "1", "--register", "false"]
+    run(lesion, "finetune", *common, "--run_name", "plain")
+    run(lesion, "launch", "finetune", "--num_processes", "1", "--", *common, "--run_name", "launched")
+    best = next((work / "outputs" / "finetune" / "launched").rglob("model.safetensors")).parent
+    images = image_folder(work / "images", n=2)
+    assert "wrote 2 mask(s)" in run(lesion, "predict", "--model", str(best), "--input", str(images), "--out", "pred")
+    assert len(list((work / "pred").glob("*_segmentation.png"))) == 2

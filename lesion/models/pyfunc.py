@@ -60,7 +60,9 @@ class BadInput(mlflow.exceptions.MlflowException):
         self.line = message
 
     def serialize_as_json(self) -> str:
-        return json.dumps({"error_code": self.error_code, "message": self.line})
+        body = json.loads(super().serialize_as_json())  # MLflow's fields (error_code, ...), lesion's message
+        body.pop("stack_trace", None)
+        return json.dumps({**body, "message": self.line})
 
 
 def _bad_input(message: str) -> Exception:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from lesion import config as C
 from lesion.errors import LesionError
+from lesion.launch import peer_reported_error, report_user_error
 
 
 @dataclass(frozen=True)
@@ -77,20 +78,29 @@ def disk_full(err: BaseException | None) -> bool:
 
 def run_entry_point(name: str, argv: list[str] | None = None) -> int:
     """Parse argv into the entry point's config and run it; user errors are one line, exit 2."""
-    args = entry_parser(name).parse_args(argv)
+    parser = entry_parser(name)
+
+    def usage_error(message: str) -> None:  # argparse's, as one line (and once for a group of ranks)
+        report_user_error(name, f"{message}; see lesion {name} --help")
+        raise SystemExit(2)
+
+    parser.error = usage_error
+    args = parser.parse_args(argv)
     try:
         cfg = C.from_args(ENTRY_POINTS[name].config, args)
         ENTRY_POINTS[name].function()(cfg)
     except LesionError as err:
-        print(f"lesion {name}: error: {err}", file=sys.stderr)
+        report_user_error(name, str(err))
         return 2
     except Exception as err:
         if not disk_full(err):
+            if peer_reported_error():  # another rank stopped on a user error: this one's broken collective is no news
+                return 1
             raise
         # The MLflow run is already marked FAILED and the last epoch's state is on disk: nothing is lost.
-        print(f"lesion {name}: error: the disk is full (No space left on device) under output_dir="
-              f"{getattr(args, 'output_dir', '') or '.'} or cache_dir; free space or point them elsewhere, then run "
-              "the same command again: a training run resumes from its last saved epoch", file=sys.stderr)
+        report_user_error(name, f"the disk is full (No space left on device) under output_dir="
+                          f"{getattr(args, 'output_dir', '') or '.'} or cache_dir; free space or point them elsewhere, "
+                          "then run the same command again: a training run resumes from its last saved epoch")
         return 2
     return 0
 

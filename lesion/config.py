@@ -35,6 +35,22 @@ AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
 UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
 RATE = (lambda v: 0 <= v < 1, "in [0, 1)")
 FRACTION = (lambda v: 0 < v <= 1, "in (0, 1]")
+# Epoch e of a run is seeded with seed * 1000 + e, and numpy's legacy seeding takes 32 bits.
+MAX_SEED = 2**32 // 1000 - 1
+SEED = (lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
+SAMPLER_SEED = (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
+HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+
+
+def hub_model(encoder: str) -> bool:
+    """Whether encoder names a Hugging Face Hub model, which timm downloads even to build it randomly initialised."""
+    return encoder.removeprefix("tu-").lower().startswith(HUB_PREFIXES)
+
+
+# lesion downloads nothing unless encoder_init=imagenet asks for it.
+LOCAL_ENCODER = (lambda v: not hub_model(v),
+                 "a timm model name such as resnet18 or resnet34.a1_in1k, not a Hugging Face Hub id (timm would "
+                 "download it even with encoder_init=random; lesion never downloads a model definition)")
 
 
 class Checked:
@@ -87,7 +103,8 @@ class DataConfig(Checked):
 @dataclass
 class ModelConfig(Checked):
     arch: str = param("unet", "Architecture.", ("unet", "pspnet", "deeplabv3", "deeplabv3plus"))
-    encoder: str = param("resnet18", "timm encoder name (resnet18 on CPU; resnet34/resnet50 on GPU).")
+    encoder: str = param("resnet18", "timm encoder name (resnet18 on CPU; resnet34/resnet50 on GPU).",
+                         valid=LOCAL_ENCODER)
     encoder_init: str = param(
         "random",
         "Encoder start: random, imagenet (downloads), an SSL encoder (models:/lesion-encoder/latest, "
@@ -154,7 +171,7 @@ class RunConfig(Checked):
     run_name: str = param("", "MLflow run name; re-running the same name resumes an unfinished run.")
     experiment: str = param("", "MLflow experiment (default: one per entry point).")
     output_dir: str = param("outputs", "Local folder for checkpoints, manifests and predictions.")
-    seed: int = param(0, "Seed for splits, initialisation, shuffling and augmentation.")
+    seed: int = param(0, "Seed for splits, initialisation, shuffling and augmentation.", valid=SEED)
     register: bool = param(True, "Register the best model in the MLflow model registry.")
 
 
@@ -211,7 +228,8 @@ class PredictConfig(Checked):
 class SSLConfig(Checked):
     """Jigsaw-invariant auto-encoder (JIANet idea) on the fine-tuning encoder."""
 
-    encoder: str = param("resnet18", "timm encoder to pretrain (fine-tune later with the same encoder).")
+    encoder: str = param("resnet18", "timm encoder to pretrain (fine-tune later with the same encoder).",
+                         valid=LOCAL_ENCODER)
     color_constancy: str = color_constancy_param()
     grid: int = param(3, "Puzzle grid size (grid x grid tiles); image_size must be divisible by it.",
                       valid=AT_LEAST_ONE)
@@ -262,7 +280,8 @@ class PseudoConfig(Checked):
     tta: bool = param(True, "Average teacher predictions over flips when pseudo-labelling.")
     student_dropout: float = param(0.2, "Student channel dropout (noise).", valid=RATE)
     student_drop_path: float = param(0.1, "Student stochastic depth (noise).", valid=RATE)
-    student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).")
+    student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).",
+                                 valid=LOCAL_ENCODER)
     student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.",
                                 valid=NON_NEGATIVE)
     student_lr: float = param(0.0, "Students' peak learning rate (0: lr, the teacher's).", valid=NON_NEGATIVE)
@@ -298,7 +317,8 @@ class StudyConfig(Checked):
     n_trials: int = param(8, "Trials this worker runs.", valid=AT_LEAST_ONE)
     timeout: float = param(0.0, "Stop this worker after this many seconds (0: no limit).", valid=NON_NEGATIVE)
     pruner: str = param("median", "Pruner for bad trials.", ("median", "hyperband", "none"))
-    sampler_seed: int = param(0, "Seed of the TPE sampler; give each worker of a shared study its own seed, or they propose the same trials.")
+    sampler_seed: int = param(0, "Seed of the TPE sampler; give each worker of a shared study its own seed, or they propose the same trials.",
+                              valid=SAMPLER_SEED)
     trial_epochs: int = param(3, "Student epochs per trial (the short budget).", valid=AT_LEAST_ONE)
     space: str = param("", "JSON overrides of the search space (tuning/space.py), e.g. '{\"threshold\": [0.7, 0.9], \"lr\": 0.001}'.")
 
@@ -448,8 +468,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """--name options for every leaf of cls, with the dataclass default and help."""
     for name, typ, default, help_text, choices in flat_fields(cls):
         shown = f"{help_text} (default: {default!r})"
-        kind = str if typ is bool else typ
-        parser.add_argument(f"--{name}", type=kind, default=None, help=shown, choices=None if typ is bool else choices,
+        # Values stay strings here: parse_value reads them as MLflow passes them ("3.0" for an int) and its errors
+        # are one line.
+        parser.add_argument(f"--{name}", type=str, default=None, help=shown, choices=None if typ is bool else choices,
                             metavar=typ.__name__.upper() if not choices else None)
 
 

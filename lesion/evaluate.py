@@ -25,6 +25,7 @@ from lesion.errors import ConfigError
 from lesion.inference import final_mask, predict_probabilities
 from lesion.metrics import METRIC_NAMES, per_image_scores, resize_probabilities
 from lesion.models.io import load_model
+from lesion.outputs import check_out_dir, make_out_dir, save_png_inside
 from lesion.tracking import Tracker, write_json
 from lesion.train.engine import evaluate
 from lesion.train.finetune import shared_run_name
@@ -32,7 +33,7 @@ from lesion.train.finetune import shared_run_name
 
 def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, batch_size: int, tta: bool,
                  device: torch.device, progress: bool, postprocess: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     loader = DataLoader(ds, batch_size, shuffle=False)
     for batch in tqdm(loader, desc="write masks", leave=False, disable=not progress):
         probs = predict_probabilities(model, batch["image"].to(device), tta).cpu()
@@ -40,10 +41,12 @@ def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, bat
             row = ds.rows[index]
             h, w = ds.cache.load(row.image, row.mask or None).original_size
             mask = final_mask(resize_probabilities(prob[0], (h, w)), 0.5, postprocess)
-            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out / f"{row.id}_segmentation.png")
+            save_png_inside(out, f"{row.id}_segmentation.png", Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
 
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    if cfg.out:
+        check_out_dir(cfg.out)  # before hours of scoring
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     tracker = Tracker(enabled=main)

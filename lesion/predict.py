@@ -15,10 +15,11 @@ from tqdm.auto import tqdm
 from lesion.config import PredictConfig
 from lesion.data.datasets import ImageDataset
 from lesion.data.io import IMAGE_SUFFIXES, read_image
-from lesion.errors import DataError, LesionError
+from lesion.errors import ConfigError, DataError, LesionError
 from lesion.inference import final_mask, mask_report, predict_probabilities
 from lesion.metrics import resize_probabilities
 from lesion.models.io import load_model, model_config_from_meta
+from lesion.outputs import check_out_dir, make_out_dir, save_png_inside
 from lesion.plots import overlay
 
 PREVIEW_SIDE = 1024  # overlays are for looking at: keep them screen-sized
@@ -54,9 +55,23 @@ def list_images(source: str, out: str | Path | None = None) -> tuple[list[Path],
 
 
 def output_stem(image: Path, source: str) -> Path:
-    """Where an image's outputs go, relative to out: sub-folders of the input are kept, so names never collide."""
+    """Where an image's outputs go, relative to out: sub-folders of the input are kept."""
     root = Path(source)
     return image.relative_to(root).with_suffix("") if root.is_dir() else Path(image.stem)
+
+
+def check_unique_outputs(images: list[Path], source: str) -> list[Path]:
+    """Each image's output stem; two images with one stem (a.jpg, a.png) would write one mask: refused."""
+    stems = [output_stem(p, source) for p in images]
+    seen: dict[str, Path] = {}
+    for image, stem in zip(images, stems):
+        key = str(stem).casefold()  # a.jpg and A.png collide on a case-insensitive file system
+        if key in seen:
+            raise DataError(f"{seen[key]} and {image} would both be written as {stem}_segmentation.png; rename one "
+                            "of them or predict them separately (outputs are named after the file name without its "
+                            "extension)")
+        seen[key] = image
+    return stems
 
 
 class _SafeImages(ImageDataset):
@@ -87,7 +102,9 @@ def _collate(items: list[dict]) -> dict[str, Any]:
 
 def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = check_out_dir(cfg.out)
     images, passed_over = list_images(cfg.input, cfg.out)
+    stems = check_unique_outputs(images, cfg.input)
     if passed_over:
         print(f"[lesion] {len(images)} image(s) to predict; passed over {passed_over} mask/prediction file(s) "
               f"({', '.join(DERIVED_SUFFIXES)}, masks/ and GroundTruth folders)")
@@ -96,6 +113,9 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
 
         model, device = OnnxSegmenter(cfg.model), torch.device("cpu")
         size, meta = cfg.image_size or model.image_size, model.meta
+        if size <= 0:
+            raise ConfigError(f"{cfg.model} does not say its working resolution (not exported by lesion export?); "
+                              "pass image_size")
     else:
         model, meta = load_model(cfg.model, map_location=str(device))
         model.to(device)
@@ -103,8 +123,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     # The model's own input and output conventions (model.json, or the ONNX file's metadata).
     conventions = model_config_from_meta(meta)
     postprocess = conventions.postprocess if cfg.postprocess == "model" else cfg.postprocess
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out)
     ds = _SafeImages([str(p) for p in images], size, None, cfg.max_pixels, skip_bad=cfg.skip_bad,
                      color_constancy=conventions.color_constancy)
     loader = DataLoader(ds, cfg.batch_size, shuffle=False, collate_fn=_collate)
@@ -115,21 +134,20 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
             continue
         probs = predict_probabilities(model, batch["image"].to(device), cfg.tta).cpu()
         for prob, index, hw in zip(probs, batch["index"], batch["size"]):
-            stem = output_stem(images[index], cfg.input)
-            (out / stem).parent.mkdir(parents=True, exist_ok=True)
+            stem = stems[index]
             full = resize_probabilities(prob[0], hw)
             mask = final_mask(full, cfg.threshold, postprocess)
             if cfg.probabilities:
-                Image.fromarray((full.numpy() * 255).round().astype(np.uint8), mode="L").save(
-                    out / f"{stem}_probability.png")
-            Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(out / f"{stem}_segmentation.png")
+                save_png_inside(out, f"{stem}_probability.png",
+                                Image.fromarray((full.numpy() * 255).round().astype(np.uint8), mode="L"))
+            save_png_inside(out, f"{stem}_segmentation.png", Image.fromarray(mask.astype(np.uint8) * 255, mode="L"))
             reports.append({"image": str(images[index]), "mask": f"{stem}_segmentation.png", **mask_report(mask)})
             original = read_image(images[index], cfg.max_pixels)
             scale = min(1.0, PREVIEW_SIDE / max(hw))
             preview = (int(round(hw[1] * scale)), int(round(hw[0] * scale)))
             small = np.asarray(Image.fromarray(original).resize(preview, Image.BILINEAR))
             small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(preview, Image.NEAREST)).astype(bool)
-            Image.fromarray(overlay(small, pred=small_mask)).save(out / f"{stem}_overlay.png")
+            save_png_inside(out, f"{stem}_overlay.png", Image.fromarray(overlay(small, pred=small_mask)))
             written += 1
     for line in skipped:
         print(f"[lesion] skipped: {line}")

@@ -121,10 +121,15 @@ def test_rest_serving_answers_masks_and_rejects_bad_input(champion, tmp_path):
             (json.dumps({"dataframe_split": {"columns": ["image"],
                                              "data": [[base64.b64encode(huge_png_header(20000, 20000)).decode()]]}}).encode(),
              "pixel limit"),
+            (json.dumps({"dataframe_split": {"columns": ["image"], "data": [[png_b64(image)]]},
+                         "params": {"threshold": 1.5}}).encode(), "threshold=1.5 must be a probability in [0, 1]"),
         ):
             status, answer = post(port, bad)
             assert status == 400, (status, answer)
             assert fragment in json.dumps(answer)
+            if fragment:  # lesion's own errors: one line, not an echo of the request's DataFrame
+                assert "\n" not in answer["message"] and "stack_trace" not in answer, answer
+                assert "Failed to predict data" not in answer["message"], answer
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

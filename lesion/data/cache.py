@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from lesion.data.io import load_pair
 from lesion.errors import DataError
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: masks read at their own bit depth (16-bit 0/1, palette indices)
 
 
 @dataclass

@@ -189,8 +189,13 @@ def inspect_data(data: str, unlabeled: str = "", cache_dir: str | Path | None = 
             elif checked.area == 1:
                 full.append(record.mask)
 
-    report.warnings += [f"{mask}: mask is empty (no lesion); check it, or it trains as a lesion-free image"
-                        for mask in empty]
+    if empty and len(empty) == len(report.areas):
+        report.errors.append(f"all {len(empty)} masks are empty (no lesion pixel), e.g. {_examples(empty)}: a model "
+                             "would learn nothing; check how the masks are encoded (lesion is the one non-zero value "
+                             "of a label mask, or > 128 of 255)")
+    else:
+        report.warnings += [f"{mask}: mask is empty (no lesion); check it, or it trains as a lesion-free image"
+                            for mask in empty]
     report.warnings += [f"{mask}: mask covers the whole image (inverted?); check it" for mask in full]
     if nonbinary:
         report.warnings.append(f"{len(nonbinary)} mask(s) were not binary (JPEG?) and were thresholded at 128 "

@@ -6,10 +6,14 @@ EXIF orientation applied, whatever the file's mode:
 - grayscale, CMYK, palette: converted to RGB; 16-bit: scaled to 8 bits (not clipped);
 - transparency: composited on black, like the dark corners outside a dermoscope's
   field of view (for masks: transparent is background);
-- masks of any mode are reduced to one channel (the brightest one, so a red or
-  white lesion on black both work); a pixel > 128 is lesion, as in the official
-  ISIC scorer, except that a mask holding only 0 and one other value (0/1 label
-  masks) takes that value as lesion, as the scorer does too.
+- masks are read at their own bit depth: a mask holding only 0 and one other
+  value (0/255, 0/1, 0/65535, 16-bit 0/1, a palette's index 0 and index k
+  whatever colours the palette gives them) takes that value as lesion; any other
+  mask is scaled to 8 bits and a pixel > 128 is lesion, as in the official ISIC
+  scorer. Colour masks are reduced to their brightest channel first (so a red
+  or white lesion on black both work); transparent is background. A mask with
+  several values none of which reaches the threshold (a 0/1 mask saved as JPEG)
+  is refused rather than read as empty.
 
 Every problem is a one-line DataError naming the file and the fix. The pixel
 limit (`max_pixels`) is checked on the header, before anything is decoded.
@@ -21,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
@@ -37,6 +42,8 @@ ALPHA_MODES = ("RGBA", "RGBa", "LA", "PA")
 # max_pixels replaces PIL's process-wide limit: it is checked per call on the header (see _open).
 # (ImageFile.LOAD_TRUNCATED_IMAGES stays False, PIL's default, so a truncated file fails to decode.)
 Image.MAX_IMAGE_PIXELS = None
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -88,16 +95,23 @@ def _orientation(img: Image.Image) -> int:
         return 1
 
 
+def _full_scale(img: Image.Image, array: np.ndarray) -> float:
+    """The value that means white in a 16-bit, 32-bit or float single-channel image."""
+    if img.mode.startswith("I;16"):
+        return 65535.0
+    if img.mode == "F" and array.max(initial=0) <= 1.0:
+        return 1.0
+    return 65535.0 if array.max(initial=0) > 255 else 255.0  # 32-bit: 16-bit data if it goes above 255
+
+
+def _scale_to_8bit(array: np.ndarray, top: float) -> np.ndarray:
+    return np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8)
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16-bit, 32-bit and float single-channel images scaled onto 0..255 (not clipped)."""
     array = np.asarray(img)
-    if img.mode.startswith("I;16"):
-        top = 65535.0
-    elif img.mode == "F" and array.max(initial=0) <= 1.0:
-        top = 1.0
-    else:  # 32-bit integers or floats: 16-bit data if it goes above 255, else 8-bit data
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
-    return Image.fromarray(np.clip(np.rint(array * (255.0 / top)), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(_scale_to_8bit(array, _full_scale(img, array)), mode="L")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -122,8 +136,27 @@ def _to_mask_channel(img: Image.Image) -> Image.Image:
     return ImageChops.lighter(ImageChops.lighter(r, g), b)
 
 
-def _decode(path: str | Path, max_pixels: int, what: str, convert: Callable[[Image.Image], Image.Image]
-            ) -> Image.Image:
+def _mask_values(img: Image.Image) -> tuple[np.ndarray, float]:
+    """The mask's values before any scaling, and the value that means white (255 for 8 bits, 65535 for 16)."""
+    if img.mode in HIGH_BIT_MODES:
+        array = np.asarray(img)
+        return array, _full_scale(img, array)
+    if img.mode == "P" and "transparency" not in img.info:
+        indices = np.asarray(img)
+        used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
+        if used[0] == 0 and len(used) <= 2:  # a label mask: index 0 background, the other lesion, any colours
+            return indices, 255.0
+    return np.asarray(_to_mask_channel(img)), 255.0
+
+
+def _distinct_nonzero(values: np.ndarray) -> int:
+    if values.dtype.kind in "ub" or (values.dtype.kind == "i" and values.min(initial=0) >= 0
+                                     and values.max(initial=0) < 65536):
+        return int(np.count_nonzero(np.bincount(values.ravel())[1:]))
+    return int(np.count_nonzero(np.unique(values)))
+
+
+def _decode(path: str | Path, max_pixels: int, what: str, convert: Callable[[Image.Image], T]) -> T:
     """Decode the whole file, apply its EXIF orientation, convert; a truncated or corrupt file raises."""
     with _open(path, max_pixels, what) as img:
         try:
@@ -156,13 +189,17 @@ def read_image(path: str | Path, max_pixels: int) -> np.ndarray:
 
 
 def read_mask(path: str | Path, max_pixels: int) -> tuple[np.ndarray, int]:
-    """((H, W) bool lesion mask, number of pixels that were neither 0 nor 255, e.g. from JPEG)."""
-    img = _decode(path, max_pixels, "mask", _to_mask_channel)
-    hist = img.histogram()
-    values = np.asarray(img)
-    if sum(1 for n in hist[1:] if n) == 1:  # 0 and one other value: a label mask such as 0/1 or 0/255
+    """((H, W) bool lesion mask, number of pixels that were neither 0 nor full scale, e.g. from JPEG)."""
+    values, top = _decode(path, max_pixels, "mask", _mask_values)
+    if _distinct_nonzero(values) == 1:  # 0 and one other value: a label mask such as 0/1, 0/255 or 0/65535
         return values > 0, 0
-    return values > LESION_ABOVE, img.width * img.height - hist[0] - hist[255]
+    scaled = values if values.dtype == np.uint8 else _scale_to_8bit(values, top)
+    lesion = scaled > LESION_ABOVE
+    if not lesion.any() and scaled.any():
+        raise DataError(f"{path}: mask holds values 0..{int(scaled.max())} (on a 0..255 scale) and none above "
+                        f"{LESION_ABOVE}, so no pixel would be lesion: a 0/1 label mask saved as JPEG? Re-export it "
+                        f"as PNG with one value for the lesion, {SKIP_HINT}")
+    return lesion, int(np.count_nonzero((scaled != 0) & (scaled != 255)))
 
 
 def load_pair(image_path: str | Path, mask_path: str | Path | None, max_pixels: int

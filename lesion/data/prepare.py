@@ -79,6 +79,13 @@ def prepare_data(cfg: DataConfig, seed: int, out_dir: str | Path, is_main: bool 
             raise DataError(f"{cfg.data}: no usable images left; check the files (lesion data inspect {cfg.data})")
         if need_labels and not any(r.split == "train" and r.labelled for r in rows):
             raise DataError(f"{cfg.data}: no labelled training images left; check the masks or label_fraction")
+        train_masks = [r for r in rows if r.split == "train" and r.labelled]
+        # any() stops at the first lesion: a full scan only for the data set that is refused
+        if need_labels and not any(cache.load(r.image, r.mask).mask.any() for r in train_masks):
+            raise DataError(f"{cfg.data}: all {len(train_masks)} labelled training masks are empty (no lesion pixel at the "
+                            f"{image_size}-px working size), "
+                            f"so there is nothing to learn; check how the masks are encoded (lesion data inspect "
+                            f"{cfg.data}), or label more images (label_fraction, labels)")
         write_manifest(rows, manifest)
         if skipped:
             (Path(out_dir) / "skipped.txt").write_text("\n".join(skipped) + "\n")

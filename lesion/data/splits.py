@@ -78,8 +78,11 @@ def make_split(
         split_of.setdefault(r.id, "train")
 
     train_labelled = [r for r in records if split_of[r.id] == "train" and r.mask]
+    if labels > len(train_labelled):
+        raise ConfigError(f"labels={labels} but the training split has only {len(train_labelled)} image(s) with masks; "
+                          f"pass labels={len(train_labelled)} or fewer, or label_fraction instead")
     if labels > 0:
-        keep_count = min(labels, len(train_labelled))
+        keep_count = labels
     else:
         keep_count = max(1, int(round(label_fraction * len(train_labelled)))) if train_labelled else 0
     order = _seeded_order([r.id for r in train_labelled], seed, "labels")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -97,15 +99,50 @@ def _find(folder: Path, name: str) -> Path | None:
     return found[0] if found else None
 
 
+def _read_meta(path: Path, kind: str) -> dict[str, Any]:
+    """A weights folder's JSON, checked: an object whose model fields have the right types (image_size for segmenters)."""
+    redo = "re-save the model with lesion or fix the file"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not readable JSON ({' '.join(str(err).split())}); {redo}") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path} holds a JSON {type(meta).__name__}, not an object of model settings; {redo}")
+    for name, typ in typing.get_type_hints(ModelConfig).items():
+        value = meta.get(name, typ())
+        ok = isinstance(value, str) if typ is str else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise ConfigError(f"{path}: {name}={value!r} is not a {typ.__name__}; {redo}")
+    if kind == "segmenter":
+        size = meta.get("image_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or size % 32:
+            what = "has no image_size" if "image_size" not in meta else f"has image_size={size!r}"
+            raise ConfigError(f"{path} {what} (the working resolution the model was trained at, a positive "
+                              f"multiple of 32); {redo}")
+    return meta
+
+
+def read_weights(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a file that is not one, or is cut short, is one line."""
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())}); the file is "
+                          "truncated or not lesion weights: download or save the model again") from None
+
+
 def find_weights(folder: Path) -> tuple[str, Path, dict[str, Any]]:
     """('segmenter' | 'encoder', weights path, meta) found in folder (searching pyfunc sub-folders)."""
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a model folder; pass a folder with {MODEL_WEIGHTS} and {MODEL_META} "
+                          "(or an exported .onnx file to predict)")
     for kind, weights, meta in (("segmenter", MODEL_WEIGHTS, MODEL_META), ("encoder", ENCODER_WEIGHTS, ENCODER_META)):
         w = _find(folder, weights)
         if w is not None:
             meta_path = w.parent / meta
             if not meta_path.is_file():
                 raise ConfigError(f"{w}: weights without {meta}; save models with lesion (save_model/save_encoder)")
-            return kind, w, json.loads(meta_path.read_text())
+            return kind, w, _read_meta(meta_path, kind)
     raise ConfigError(f"{folder}: no {MODEL_WEIGHTS} or {ENCODER_WEIGHTS} found; pass a lesion model or encoder")
 
 
@@ -129,7 +166,7 @@ def init_encoder(model: LesionSegmenter, encoder_init: str) -> dict[str, Any]:
     """Initialise model in place from encoder_init (not random/imagenet); returns what was loaded."""
     with artifact_dir(encoder_init) as folder:
         kind, weights, meta = find_weights(folder)
-        state = load_file(str(weights))
+        state = read_weights(weights)
     wanted = timm_encoder_name(model.config.encoder)
     if meta.get("encoder") != wanted:
         raise ConfigError(
@@ -159,10 +196,13 @@ def load_model(source: str, map_location: str = "cpu") -> tuple[LesionSegmenter,
     """A segmenter and its meta from a URI or folder; dropout/drop_path are off for inference."""
     with artifact_dir(source) as folder:
         kind, weights, meta = find_weights(folder)
-        state = load_file(str(weights), device=map_location) if kind == "segmenter" else {}
+        state = read_weights(weights, map_location) if kind == "segmenter" else {}
     if kind != "segmenter":
         raise ConfigError(f"{source} is an SSL encoder, not a segmenter; fine-tune it first (encoder_init={source})")
-    config = model_config_from_meta(meta)
+    try:
+        config = model_config_from_meta(meta)
+    except ConfigError as err:  # e.g. a Hub encoder, which building would download
+        raise ConfigError(f"{weights.parent / MODEL_META}: {err}") from None
     config.dropout, config.drop_path = 0.0, 0.0
     model = build_model(config)
     load_checked(model, state, source)

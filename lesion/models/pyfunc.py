@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from importlib import metadata
 
 import mlflow
+import mlflow.exceptions
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -48,12 +50,36 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def _bad_input(message: str) -> Exception:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+class BadInput(mlflow.exceptions.MlflowException):
+    """A 400 whose body is this one line: the scoring server prepends the whole input DataFrame to an
+    MlflowException's message (`Failed to predict data '<DataFrame>'`), which would echo the images back."""
 
-    # INVALID_PARAMETER_VALUE makes the scoring server answer 400, not 500.
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    def __init__(self, message: str):
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        # INVALID_PARAMETER_VALUE makes the scoring server answer 400, not 500.
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.line = message
+
+    def serialize_as_json(self) -> str:
+        body = json.loads(super().serialize_as_json())  # MLflow's fields (error_code, ...), lesion's message
+        body.pop("stack_trace", None)
+        return json.dumps({**body, "message": self.line})
+
+
+def _bad_input(message: str) -> Exception:
+    return BadInput(message)
+
+
+def _threshold(params: dict) -> float:
+    value = params.get("threshold", 0.5)
+    try:
+        threshold = float(value)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0 <= threshold <= 1:  # also NaN
+        raise _bad_input(f"params: threshold={value!r} must be a probability in [0, 1] (default 0.5)")
+    return threshold
 
 
 def decode_image(data: bytes | str, row: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -85,13 +111,13 @@ class LesionPyfunc(mlflow.pyfunc.PythonModel):
         from lesion.inference import final_mask, mask_png, mask_report, predict_images
 
         params = params or {}
+        threshold = _threshold(params)  # before any image is decoded
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns or len(model_input) == 0:
             raise _bad_input("input must have an 'image' column with at least one base64-encoded PNG or JPEG")
         images = [decode_image(v, i) for i, v in enumerate(model_input["image"].tolist())]
         conventions = self.model.config  # the model's colour constancy and post-processing, from its model.json
         probs = predict_images(self.model, images, int(self.meta["image_size"]), tta=bool(params.get("tta", False)),
                                color_constancy=conventions.color_constancy)
-        threshold = float(params.get("threshold", 0.5))
         rows = []
         for prob in probs:
             mask = final_mask(prob, threshold, conventions.postprocess)

@@ -1,0 +1,72 @@
+"""Output folders the user names (`out=`): checked before any work, and written only inside.
+
+A file is written under a temporary name in its folder, then renamed over the
+destination: a symlink already there is replaced, never written through, and
+a crash never leaves half a PNG. A sub-folder that resolves outside the
+output folder (a symlink) is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from PIL import Image
+
+from lesion.errors import ConfigError, DataError
+
+
+def check_out_dir(path: str | Path, name: str = "out") -> Path:
+    """path, if it is a folder or can become one: no existing file on the way (the folder is not created)."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.is_symlink() or part.exists():
+            if not part.is_dir():
+                what = "is an existing file" if part == path else f"is under {part}, an existing file"
+                raise ConfigError(f"{name}={path} {what}, not a folder; pass a folder (created if missing)")
+            break
+    return path
+
+
+def make_out_dir(path: str | Path, name: str = "out") -> Path:
+    path = check_out_dir(path, name)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{name}={path}: cannot create the folder ({err.strerror}); pass a folder you can write to") from None
+    return path
+
+
+def _refuse_outside(root: Path, folder: Path) -> None:
+    existing = folder
+    while not existing.exists() and existing != root and existing != existing.parent:
+        existing = existing.parent
+    if not existing.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{existing} leads to {existing.resolve()}, outside the output folder {root} "
+                        "(a symlink?); remove it or pass another out folder")
+
+
+def save_png_inside(root: Path, relative: str | Path, image: Image.Image) -> Path:
+    """Write image as root/relative (a PNG), refusing to leave root through a symlinked sub-folder."""
+    dest = root / relative
+    _refuse_outside(root, dest.parent)  # before mkdir, which would create folders through a symlink
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{dest.parent}: cannot create the folder ({err.strerror}); remove what is in the way "
+                        f"under {root}") from None
+    _refuse_outside(root, dest.parent)
+    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        # O_EXCL never opens an existing file or a symlink; mode 0o666 lets the umask decide, as open() would
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fh:
+            image.save(fh, format="PNG")
+        os.replace(tmp, dest)  # replaces a symlink at dest itself, not the file it points to
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"{dest}: cannot write it ({err.strerror}); check the output folder") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest

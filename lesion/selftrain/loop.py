@@ -35,7 +35,8 @@ from lesion.selftrain.pseudo import (DECISIONS, PseudoStats, mean_valid_fraction
                                     select_pseudo_labels)
 from lesion.tracking import SEGMENTER, Tracker, finished_stage, set_alias, write_json
 from lesion.train.engine import make_accelerator
-from lesion.train.finetune import fresh_workdir, promote_champion, shared_run_name, train_segmenter
+from lesion.train.finetune import (claim_run, finish_run, fresh_workdir, promote_champion, shared_run_name,
+                                   train_segmenter)
 
 ENTRY = "selftrain"
 STAGE_FILE = "stage.json"
@@ -118,7 +119,7 @@ class Stages:
             if self.accelerator.is_main_process and not self.tracker.resumed and (self.workdir / name).exists():
                 import shutil
 
-                shutil.rmtree(self.workdir / name)  # leftovers of an older run with this name
+                shutil.rmtree(self.workdir / name)  # leftovers of this run's stage from before it was restarted
             self.accelerator.wait_for_everyone()
             outputs = work(self.workdir / name)
             if self.accelerator.is_main_process:
@@ -155,10 +156,10 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
     main = accelerator.is_main_process
     tracker = Tracker(enabled=main)
     run_name = shared_run_name(accelerator, cfg.run.run_name, "selftrain")
-    workdir = Path(cfg.run.output_dir) / "selftrain" / run_name
     teacher_cfg, student_cfg = stage_configs(cfg)
-    with tracker.run(ENTRY, run_name, cfg.run.experiment, params=to_flat(cfg),
-                     tags={"lesion.num_processes": accelerator.num_processes}):
+    with claim_run(accelerator, cfg.run.output_dir, ENTRY, run_name) as workdir, \
+            tracker.run(ENTRY, run_name, cfg.run.experiment, params=to_flat(cfg),
+                        tags={"lesion.num_processes": accelerator.num_processes}):
         fresh_workdir(accelerator, tracker, workdir)
         data = prepare_data(cfg.data, cfg.run.seed, workdir, main, accelerator.wait_for_everyone)
         tracker.log_artifact(data.manifest, "data")
@@ -244,6 +245,7 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                         if s.get("test_jaccard") is not None else "")
                 print(f"[lesion] {name:10s} val/jaccard {s['val_jaccard']:.4f}  val/dice {s['val_dice']:.4f}  {test}"
                       f"lesion-segmenter v{s['version']}")
+        finish_run(accelerator, tracker, workdir, run_name)
     return {"run_id": tracker.run_id, "run_name": run_name, "stages": summary, "workdir": str(workdir)}
 
 

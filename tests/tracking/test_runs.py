@@ -1,0 +1,61 @@
+"""A run's life: its name, its one owner, its resume (also through `mlflow run` after kill -9), its store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from lesion.config import EvaluateConfig, FinetuneConfig, PretrainConfig, SelftrainConfig, from_flat, to_flat
+from lesion.errors import ConfigError
+from lesion.tracking import TAG_ENTRY, TAG_RUN_NAME, TAG_STAGE, Tracker, find_runs
+from tests.conftest import REPO, subprocess_env
+
+BIN = Path(sys.executable).parent
+
+
+def all_runs(client: MlflowClient, view: int = ViewType.ACTIVE_ONLY) -> list:
+    return client.search_runs([e.experiment_id for e in client.search_experiments()], run_view_type=view)
+
+
+# --------------------------------------------------------------------------- names in the store
+
+
+def test_default_run_names_do_not_collide_within_a_second():
+    from lesion.train.finetune import shared_run_name
+
+    class OneProcess:
+        num_processes = 1
+
+    names = [shared_run_name(OneProcess(), "", "finetune") for _ in range(20)]
+    assert len(set(names)) == 20, names
+    assert shared_run_name(OneProcess(), "mine", "finetune") == "mine"
+
+
+# --------------------------------------------------------------------------- one owner per run
+
+
+@pytest.mark.parametrize("entry", ["finetune", "selftrain", "pretrain", "evaluate"])
+def test_every_stage_refuses_a_run_that_a_live_process_holds(entry, tmp_path, tracking):
+    from lesion.evaluate import run_evaluate
+    from lesion.runs import RunInProgress, run_lock
+    from lesion.selftrain.loop import run_selftrain
+    from lesion.ssl.pretrain import run_pretrain
+    from lesion.train.finetune import run_finetune
+
+    config, function = {"finetune": (FinetuneConfig, run_finetune), "selftrain": (SelftrainConfig, run_selftrain),
+                        "pretrain": (PretrainConfig, run_pretrain), "evaluate": (EvaluateConfig, run_evaluate)}[entry]
+    cfg = from_flat(config, {"run_name": "busy", "output_dir": str(tmp_path / "out")})
+    with run_lock(tmp_path / "out", entry, "busy"):  # flock: a second open file conflicts, also in one process
+        with pytest.raises(RunInProgress, match=rf"run 'busy' is in progress \(pid {os.getpid()}\)"):
+            function(cfg)
+    assert not all_runs(MlflowClient()), "refused before any MLflow run was made"
+    assert not (tmp_path / "out" / entry / "busy").exists()

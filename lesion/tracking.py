@@ -66,15 +66,42 @@ def _get_or_create_experiment(name: str) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
+def filter_literal(value: str) -> str | None:
+    """value as a string constant of MLflow's filter grammar, or None where the grammar cannot hold it.
+
+    MLflow takes the text between a constant's quotes verbatim (single or double
+    quotes, no escapes), and sqlparse reads a backslash before a quote as an escape:
+    a value with both quote kinds, or with a backslash, cannot be written.
+    """
+    if "\\" in value:
+        return None
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    return None
+
+
 def find_runs(filters: dict[str, str], experiment_ids: list[str] | None = None, statuses: tuple[str, ...] = ()) -> list:
-    """Runs whose tags equal filters (newest first), optionally restricted to statuses."""
+    """Runs whose tags equal filters (newest first), optionally restricted to statuses.
+
+    Tag values are quoted for MLflow's filter grammar (a run name may hold an
+    apostrophe); a value it cannot hold is matched here instead, as is every value
+    again (equality, exactly), so the answer never depends on the grammar.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     if experiment_ids is None:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
-    runs = client.search_runs(experiment_ids, filter_string=query, order_by=["attributes.start_time DESC"])
+    clauses = [f"tags.`{k}` = {literal}" for k, v in filters.items() if (literal := filter_literal(v)) is not None]
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=" and ".join(clauses),
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs += [r for r in page if all(r.data.tags.get(k) == v for k, v in filters.items())]
+        token = page.token
+        if not token:
+            break
     return [r for r in runs if not statuses or r.info.status in statuses]
 
 

@@ -29,6 +29,29 @@ def all_runs(client: MlflowClient, view: int = ViewType.ACTIVE_ONLY) -> list:
 # --------------------------------------------------------------------------- names in the store
 
 
+def test_find_runs_matches_run_names_with_quotes_exactly(tracking):
+    client = MlflowClient()
+    experiment = client.create_experiment("quotes")
+    names = ["o'brien run", 'say "hi"', "both ' and \"", "back\\slash", "back\\", "plain", "o'brien", "o'brien run2"]
+    ids = {}
+    for name in names:
+        ids[name] = client.create_run(experiment, tags={TAG_ENTRY: "finetune", TAG_RUN_NAME: name}).info.run_id
+    for name in names:
+        found = find_runs({TAG_ENTRY: "finetune", TAG_RUN_NAME: name}, [experiment])
+        assert [r.info.run_id for r in found] == [ids[name]], name
+
+
+def test_an_apostrophe_in_a_run_name_resumes_its_run(tracking):
+    name = "o'brien run"
+    with pytest.raises(RuntimeError):
+        with Tracker().run("finetune", name, "names", params={"epochs": 2}) as first:
+            raise RuntimeError("crash")
+    with Tracker().run("finetune", name, "names", params={"epochs": 2}) as again:
+        assert again.resumed and again.run_id == first.run_id
+    run = MlflowClient().get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == name
+
+
 def test_default_run_names_do_not_collide_within_a_second():
     from lesion.train.finetune import shared_run_name
 

@@ -16,12 +16,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from lesion.config import parse_value
 from lesion.errors import ConfigError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -112,6 +114,36 @@ def finished_stage(entry_point: str, run_name: str, stage: str, parent_run_id: s
     return runs[0] if runs else None
 
 
+def same_param(logged: str, value: Any) -> bool:
+    """Whether a logged parameter says value.
+
+    lesion logs str(value); `mlflow run` logs each -P value or MLproject default as
+    it put it on the command line: shell-quoted ('' for empty, 'o'"'"'brien' for
+    o'brien) and untyped (true for True, 8 for 8, 1e-3 for 0.001). So compare what
+    it means, parsed to value's type, not the text.
+    """
+    if logged == str(value)[:6000]:  # MLflow keeps the first 6000 characters of a value
+        return True
+    texts = [logged]
+    try:
+        words = shlex.split(logged)
+    except ValueError:  # not shell-quoted (an unbalanced quote of lesion's own)
+        words = None
+    if words is not None and len(words) <= 1:
+        texts.append(words[0] if words else "")
+    for text in texts:
+        if isinstance(value, str):
+            if text == value:
+                return True
+        elif isinstance(value, (bool, int, float)):
+            try:
+                if parse_value("parameter", type(value), text) == value:
+                    return True
+            except (ConfigError, TypeError, ValueError):
+                continue
+    return False
+
+
 class Tracker:
     """A thin MLflow facade that is a no-op when not enabled (non-main processes)."""
 
@@ -142,7 +174,6 @@ class Tracker:
         configure_tracking()
         client = MlflowClient()
         outer = (self.run_id, self.resumed, self._logged_steps)  # restored when a nested run ends
-        self._logged_steps = {}
         env_run = None if nested else os.environ.get("MLFLOW_RUN_ID")
         active = mlflow.active_run()
         if env_run:
@@ -164,10 +195,13 @@ class Tracker:
         if commit:
             all_tags.setdefault("mlflow.source.git.commit", commit.removesuffix("-dirty"))
             all_tags["lesion.git_commit"] = commit
-        self.resumed = False
-        if previous and previous[0].info.run_id != env_run:
+        resumed = bool(previous) and previous[0].info.run_id != env_run
+        if resumed and params and strict_params:  # refused before anything changes: the old run stays as it was
+            self._check_same_params(params, previous[0].data.params, run_name)
+        self._logged_steps = {}
+        self.resumed = resumed
+        if resumed:
             run_id = previous[0].info.run_id
-            self.resumed = True
             if env_run:  # mlflow run opened a fresh run: say where the work went
                 client.set_tag(env_run, "lesion.resumed_into", run_id)
                 client.set_terminated(env_run, "FINISHED")
@@ -187,8 +221,6 @@ class Tracker:
         status = "FINISHED"
         try:
             if params:
-                if self.resumed and strict_params:
-                    self._check_same_params(params, run_name)
                 self.log_params(params)
             yield self
         except KeyboardInterrupt:
@@ -206,11 +238,9 @@ class Tracker:
     def active(self) -> bool:
         return self.enabled and self.run_id is not None
 
-    def _check_same_params(self, params: dict[str, Any], run_name: str) -> None:
-        from mlflow.tracking import MlflowClient
-
-        logged = MlflowClient().get_run(self.run_id).data.params
-        changed = {k: (logged[k], str(v)) for k, v in params.items() if k in logged and logged[k] != str(v)[:6000]}
+    @staticmethod
+    def _check_same_params(params: dict[str, Any], logged: dict[str, str], run_name: str) -> None:
+        changed = {k: (logged[k], str(v)) for k, v in params.items() if k in logged and not same_param(logged[k], v)}
         if changed:
             listed = ", ".join(f"{k}={new} (logged: {old})" for k, (old, new) in sorted(changed.items())[:5])
             raise ConfigError(f"run_name {run_name!r} is an unfinished run being resumed, but with other parameters: "

@@ -52,6 +52,44 @@ def test_an_apostrophe_in_a_run_name_resumes_its_run(tracking):
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == name
 
 
+def mlflow_run_params(entry: str, given: dict[str, str]) -> dict[str, str]:
+    """The parameters `mlflow run -e entry -P k=v ...` logs: its own strings, from -P and the MLproject defaults."""
+    from mlflow.projects._project_spec import load_project
+
+    params, extra = load_project(str(REPO)).get_entry_point(entry).compute_parameters(given, storage_dir=None)
+    return {**params, **extra}
+
+
+@pytest.mark.parametrize("name", ["crashed", "o'brien run"])
+def test_a_run_started_by_mlflow_run_resumes_with_the_same_command(name, tracking, monkeypatch):
+    """mlflow run logs '' for an empty string, true for True, 1 for epochs=1: the same values as lesion's, in
+    other words."""
+    given = {"run_name": name, "epochs": "1", "lr": "1e-3", "data": "synthetic:n=24,size=64,seed=5"}
+    cfg = from_flat(FinetuneConfig, given)
+    client = MlflowClient()
+    experiment = client.create_experiment("via-mlflow-run")
+    crashed = client.create_run(experiment, tags={TAG_ENTRY: "finetune", TAG_RUN_NAME: cfg.run.run_name})
+    for key, value in mlflow_run_params("finetune", given).items():
+        client.log_param(crashed.info.run_id, key, value)
+    assert client.get_run(crashed.info.run_id).data.params["experiment"] == "''", "what mlflow run logs for ''"
+    client.set_terminated(crashed.info.run_id, "FAILED")
+
+    changed = from_flat(FinetuneConfig, {**given, "epochs": "2"})
+    fresh = client.create_run(experiment).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", fresh)
+    with pytest.raises(ConfigError, match=r"other parameters: epochs=2 \(logged: 1\);"):
+        with Tracker().run("finetune", cfg.run.run_name, params=to_flat(changed)):
+            pass
+    assert client.get_run(crashed.info.run_id).info.status == "FAILED", "a refused resume leaves the run as it was"
+
+    retry = client.create_run(experiment).info.run_id  # mlflow run opens a fresh run for every attempt
+    monkeypatch.setenv("MLFLOW_RUN_ID", retry)
+    with Tracker().run("finetune", cfg.run.run_name, params=to_flat(cfg)) as tracker:
+        assert tracker.resumed and tracker.run_id == crashed.info.run_id
+    assert client.get_run(crashed.info.run_id).info.status == "FINISHED"
+    assert client.get_run(retry).data.tags["lesion.resumed_into"] == crashed.info.run_id
+
+
 def test_default_run_names_do_not_collide_within_a_second():
     from lesion.train.finetune import shared_run_name
 

@@ -8,7 +8,8 @@ Runs are found again by their tags (`lesion.entry_point`, `lesion.run_name`,
 `lesion.stage`): re-running the same command with the same run_name resumes
 the unfinished run instead of starting a new one, which is what makes
 crash-resume possible, also under `mlflow run` (which always opens a fresh
-run: that one is tagged with the run it resumed into).
+run: when the work goes into an older run, that fresh one is tagged with the
+run it resumed into and deleted, so no empty run stays behind).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +116,73 @@ def finished_stage(entry_point: str, run_name: str, stage: str, parent_run_id: s
     return runs[0] if runs else None
 
 
+_DELETE_AFTER_EXIT = """
+import sys, time
+from mlflow.tracking import MlflowClient  # imported first: the run goes as soon as its owner has exited
+pid, run_id = int(sys.argv[1]), sys.argv[2]
+
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+while alive():
+    time.sleep(0.2)
+try:
+    MlflowClient().delete_run(run_id)
+except Exception:
+    pass
+"""
+
+
+def run_owner(run_id: str) -> int | None:
+    """The process that made the run MLFLOW_RUN_ID names: the nearest of this process and its ancestors that
+    was not started with MLFLOW_RUN_ID=run_id (`mlflow run`, or a caller of mlflow.projects.run). None without
+    /proc."""
+    marker = f"MLFLOW_RUN_ID={run_id}".encode()
+    pid = os.getpid()
+    for _ in range(64):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if marker not in environ:
+            return pid
+        if ppid <= 1:
+            return None
+        pid = ppid
+    return None
+
+
+def drop_empty_run(run_id: str) -> None:
+    """Delete a run that mlflow run opened for an attempt whose work went into an older run.
+
+    Not at once: after its command exits, mlflow run marks its run terminated (always:
+    MLflow 3 compares the status string with status numbers, so it never sees one
+    already finished), and it cannot do that to a deleted run: it would fail with a
+    traceback. So the run is deleted by a small helper as soon as the process that
+    made it has exited, or at once when that is this process. Without /proc (not
+    Linux) it stays, FINISHED and tagged lesion.resumed_into.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    owner = run_owner(run_id)
+    if owner is None:
+        return
+    if owner == os.getpid():
+        MlflowClient().delete_run(run_id)
+        return
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    subprocess.Popen([sys.executable, "-c", _DELETE_AFTER_EXIT, str(owner), run_id], env=env,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)  # outlives this job, and a kill of its process group
+
+
 def same_param(logged: str, value: Any) -> bool:
     """Whether a logged parameter says value.
 
@@ -157,13 +226,15 @@ class Tracker:
     @contextmanager
     def run(self, entry_point: str, run_name: str = "", experiment: str = "", params: dict[str, Any] | None = None,
             tags: dict[str, str] | None = None, nested: bool = False, stage: str = "",
-            strict_params: bool = True) -> Iterator["Tracker"]:
+            strict_params: bool = True, title: str = "", reopen_finished: bool = False) -> Iterator["Tracker"]:
         """Start (or resume) a run; it ends FINISHED, or FAILED/KILLED on an exception.
 
         A run that an earlier, unfinished attempt with the same run_name left behind is
-        resumed. With strict_params, resuming with other parameter values is an error:
-        the logged parameters must describe every step of the run. (Workers joining
-        one Optuna study share a run with their own sampler seeds: not strict.)
+        resumed (with reopen_finished, a finished one too: a study's run, which every
+        worker joins). With strict_params, resuming with other parameter values is an
+        error: the logged parameters must describe every step of the run. (Workers
+        joining one Optuna study share a run with their own sampler seeds: not strict.)
+        The run's name in the MLflow UI is title, else the stage of a nested run, else run_name.
         """
         if not self.enabled:
             yield self
@@ -187,7 +258,8 @@ class Tracker:
             filters[TAG_STAGE] = stage
         if nested and active is not None:
             filters["mlflow.parentRunId"] = active.info.run_id
-        previous = find_runs(filters, [experiment_id], ("RUNNING", "FAILED", "KILLED")) if run_name else []
+        statuses = ("RUNNING", "FAILED", "KILLED") + (("FINISHED",) if reopen_finished else ())
+        previous = find_runs(filters, [experiment_id], statuses) if run_name else []
         previous = [r for r in previous if r.data.tags.get(TAG_STAGE, "") == stage]  # a parent is not its stages
         all_tags = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, **({TAG_STAGE: stage} if stage else {}),
                     **(tags or {})}
@@ -202,10 +274,11 @@ class Tracker:
         self.resumed = resumed
         if resumed:
             run_id = previous[0].info.run_id
-            if env_run:  # mlflow run opened a fresh run: say where the work went
+            if env_run:  # mlflow run opened a fresh run that the work does not go into: say where it went
                 client.set_tag(env_run, "lesion.resumed_into", run_id)
                 client.set_terminated(env_run, "FINISHED")
                 os.environ.pop("MLFLOW_RUN_ID", None)
+                drop_empty_run(env_run)  # or it stays in the UI beside the run that holds the work
             mlflow.start_run(run_id=run_id, nested=nested)
         elif env_run:
             mlflow.start_run(run_id=env_run)
@@ -215,8 +288,9 @@ class Tracker:
             mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None, nested=nested)
         run = mlflow.active_run()
         self.run_id = run.info.run_id
-        if run_name and not env_run:
-            mlflow.set_tag("mlflow.runName", run_name)
+        name = title or (stage if nested else "") or run_name
+        if name:  # also under mlflow run, whose run would keep a random name
+            mlflow.set_tag("mlflow.runName", name)
         mlflow.set_tags(all_tags)
         status = "FINISHED"
         try:

@@ -103,7 +103,8 @@ class Stages:
         self.accelerator, self.tracker, self.run_name, self.workdir = accelerator, tracker, run_name, workdir
         self.parent_run_id = tracker.run_id
 
-    def run(self, name: str, params: dict[str, Any], work) -> dict[str, Any]:
+    def run(self, name: str, params: dict[str, Any], work, title: str = "") -> dict[str, Any]:
+        """Run stage name once; title is its run's name in the MLflow UI (default: name)."""
         stage_file = self.workdir / name / STAGE_FILE
         done = [None]
         if self.accelerator.is_main_process:
@@ -115,7 +116,7 @@ class Stages:
             broadcast_object_list(done)
         if done[0] is not None:
             return done[0]
-        with self.tracker.run(ENTRY, self.run_name, params=params, nested=True, stage=name):
+        with self.tracker.run(ENTRY, self.run_name, params=params, nested=True, stage=name, title=title or name):
             if self.accelerator.is_main_process and not self.tracker.resumed and (self.workdir / name).exists():
                 import shutil
 
@@ -222,7 +223,7 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                  "stage_name": name},
                 train_rows=labelled + pseudo_rows, pseudo={s.id: s.file for s in decisions.kept},
                 threshold=cfg.pseudo.threshold,
-                weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio)))
+                weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio)), title=name)
             history.append(StageRecord(name, student))
             if main and student.get("version"):
                 set_alias(SEGMENTER, "student", student["version"])

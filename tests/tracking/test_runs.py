@@ -63,7 +63,7 @@ def mlflow_run_params(entry: str, given: dict[str, str]) -> dict[str, str]:
 @pytest.mark.parametrize("name", ["crashed", "o'brien run"])
 def test_a_run_started_by_mlflow_run_resumes_with_the_same_command(name, tracking, monkeypatch):
     """mlflow run logs '' for an empty string, true for True, 1 for epochs=1: the same values as lesion's, in
-    other words."""
+    other words. The fresh run that mlflow run opens for the re-run is deleted once the work goes to the old one."""
     given = {"run_name": name, "epochs": "1", "lr": "1e-3", "data": "synthetic:n=24,size=64,seed=5"}
     cfg = from_flat(FinetuneConfig, given)
     client = MlflowClient()
@@ -86,8 +86,14 @@ def test_a_run_started_by_mlflow_run_resumes_with_the_same_command(name, trackin
     monkeypatch.setenv("MLFLOW_RUN_ID", retry)
     with Tracker().run("finetune", cfg.run.run_name, params=to_flat(cfg)) as tracker:
         assert tracker.resumed and tracker.run_id == crashed.info.run_id
-    assert client.get_run(crashed.info.run_id).info.status == "FINISHED"
-    assert client.get_run(retry).data.tags["lesion.resumed_into"] == crashed.info.run_id
+    resumed = client.get_run(crashed.info.run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["mlflow.runName"] == name
+    left = client.get_run(retry)
+    assert left.info.lifecycle_stage == "deleted", "no empty run beside the resumed one"
+    assert left.info.status == "FINISHED", "mlflow run leaves a finished run alone: it exits 0"
+    assert left.data.tags["lesion.resumed_into"] == crashed.info.run_id
+    active = [r.info.run_id for r in all_runs(client) if r.info.experiment_id == experiment]
+    assert retry not in active
 
 
 def test_default_run_names_do_not_collide_within_a_second():
@@ -120,3 +126,101 @@ def test_every_stage_refuses_a_run_that_a_live_process_holds(entry, tmp_path, tr
             function(cfg)
     assert not all_runs(MlflowClient()), "refused before any MLflow run was made"
     assert not (tmp_path / "out" / entry / "busy").exists()
+
+
+# --------------------------------------------------------------------------- mlflow run, as users run it
+
+
+def mlflow_run(entry: str, experiment: str, params: dict[str, object]) -> list[str]:
+    return [str(BIN / "mlflow"), "run", str(REPO), "-e", entry, "--env-manager", "local", "--experiment-name",
+            experiment, *[part for k, v in params.items() for part in ("-P", f"{k}={v}")]]
+
+
+def deleted_runs(client: MlflowClient, experiment: str, count: int) -> list:
+    """The deleted runs of experiment, once there are count: the run that a resuming mlflow run opened goes when
+    that mlflow run has exited (a helper process deletes it)."""
+    deadline = time.time() + 180
+    while len(runs := client.search_runs([experiment], run_view_type=ViewType.DELETED_ONLY)) < count:
+        assert time.time() < deadline, "the run of the second mlflow run was never deleted"
+        time.sleep(0.5)
+    return runs
+
+
+def finished(proc: subprocess.CompletedProcess) -> str:
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    return output
+
+
+@pytest.mark.slow
+def test_mlflow_run_selftrain_resumes_after_kill_9_into_the_same_run(tmp_path, tracking):
+    """The main job, killed -9 while the teacher trains, then the identical `mlflow run` again: the work goes on
+    in the same parent run and the same teacher run, nothing is logged twice, every stage finishes, and the UI
+    shows the run_name and each stage's name."""
+    name = "o'brien run"  # an apostrophe goes through mlflow run's shell quoting and MLflow's filter strings
+    out = tmp_path / "out"
+    cmd = mlflow_run("selftrain", "resume", {
+        "data": "synthetic:n=24,size=64,seed=5", "label_fraction": 0.5, "epochs": 3, "student_epochs": 1,
+        "iterations": 2, "batch_size": 8, "min_confidence": 0.0, "min_area": 0.0, "tta": "false",
+        "output_dir": out, "run_name": name})
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    progress = out / "selftrain" / name / "teacher" / "state" / "progress.json"
+    deadline = time.time() + 600
+    try:
+        while not progress.exists():
+            assert first.poll() is None, first.communicate()[0][-3000:]
+            assert time.time() < deadline, "the teacher never checkpointed"
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # mlflow run, accelerate and the training process, at once
+        first.wait()
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("resume").experiment_id
+    crashed = [r for r in client.search_runs([experiment]) if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.status for r in crashed] == ["RUNNING"]
+
+    log = finished(subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
+                                  timeout=1200))
+    assert "resuming teacher at epoch" in log, "the killed teacher resumes from its checkpoint (no stale lock)"
+    runs = client.search_runs([experiment])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [r.info.run_id for r in parents] == [crashed[0].info.run_id], "one parent run holds the work"
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["mlflow.runName"] == name
+    left = deleted_runs(client, experiment, 1)
+    assert [r.data.tags.get("lesion.resumed_into") for r in left] == [parent.info.run_id], \
+        "the run the second mlflow run opened is not left behind empty"
+
+    stages = {r.data.tags[TAG_STAGE]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert {s: r.data.tags["mlflow.runName"] for s, r in stages.items()} == {
+        "teacher": "teacher", "pseudo1": "pseudo1", "student1": "student", "pseudo2": "pseudo2", "student2": "student*"}
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+    teacher = stages["teacher"].info.run_id
+    for key in ("val/jaccard", "train/loss"):
+        steps = [m.step for m in client.get_metric_history(teacher, key)]
+        assert sorted(steps) == [0, 1, 2], f"{key}: every epoch once, none twice: {steps}"
+
+
+@pytest.mark.slow
+def test_mlflow_run_tune_workers_join_the_one_run_of_their_study(tmp_path, tracking):
+    """Two workers of one study, the second after the first finished: one parent run for the study with a nested
+    run per trial, and no empty run from the second `mlflow run` beside it."""
+    params = {"data": "synthetic:n=24,size=64,seed=6", "label_fraction": 0.5, "epochs": 1, "batch_size": 8,
+              "trial_epochs": 1, "n_trials": 1, "pruner": "none", "tta": "false",
+              "space": '{"min_confidence": [0.0, 0.3]}', "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+              "study": "one-study", "output_dir": tmp_path / "out"}
+    for seed in (1, 2):
+        finished(subprocess.run(mlflow_run("tune", "tune", {**params, "sampler_seed": seed}), cwd=tmp_path,
+                                env=subprocess_env(), capture_output=True, text=True, timeout=900))
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("tune").experiment_id
+    runs = client.search_runs([experiment])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.data.tags.get("mlflow.runName") for r in parents]
+    assert parents[0].data.tags["mlflow.runName"] == "one-study" and parents[0].info.status == "FINISHED"
+    children = sorted(r.data.tags["mlflow.runName"] for r in runs
+                      if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id)
+    assert children == ["teacher", "trial0", "trial1"]
+    left = deleted_runs(client, experiment, 1)
+    assert [r.data.tags.get("lesion.resumed_into") for r in left] == [parents[0].info.run_id]

@@ -99,8 +99,12 @@ def _holder(fd: int) -> str:
 def run_lock(output_dir: str | Path, stage: str, run_name: str) -> Iterator[Path]:
     """Hold the run's lock for the with-block, or raise RunInProgress at once when another process holds it."""
     path = Path(output_dir) / LOCKS / stage / f"{run_name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # never O_TRUNC: that would erase the holder's pid
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # never O_TRUNC: that would erase the holder's pid
+    except OSError as err:
+        raise ConfigError(f"output_dir={output_dir}: cannot write the run's lock file {path} "
+                          f"({err.strerror or err}); pass an output_dir you can write to") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -244,14 +244,14 @@ def test_mlflow_run_selftrain_resumes_after_kill_9_into_the_same_run(tmp_path, t
     log = finished(subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True,
                                   timeout=1200))
     assert "resuming teacher at epoch" in log, "the killed teacher resumes from its checkpoint (no stale lock)"
+    left = deleted_runs(client, experiment, 1)
+    assert [r.data.tags.get("lesion.resumed_into") for r in left] == [crashed[0].info.run_id], \
+        "the run the second mlflow run opened is not left behind empty"
     runs = client.search_runs([experiment])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [r.info.run_id for r in parents] == [crashed[0].info.run_id], "one parent run holds the work"
     parent = parents[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["mlflow.runName"] == name
-    left = deleted_runs(client, experiment, 1)
-    assert [r.data.tags.get("lesion.resumed_into") for r in left] == [parent.info.run_id], \
-        "the run the second mlflow run opened is not left behind empty"
 
     stages = {r.data.tags[TAG_STAGE]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert {s: r.data.tags["mlflow.runName"] for s, r in stages.items()} == {
@@ -276,12 +276,12 @@ def test_mlflow_run_tune_workers_join_the_one_run_of_their_study(tmp_path, track
                                 env=subprocess_env(), capture_output=True, text=True, timeout=900))
     client = MlflowClient()
     experiment = client.get_experiment_by_name("tune").experiment_id
+    left = deleted_runs(client, experiment, 1)
     runs = client.search_runs([experiment])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1, [r.data.tags.get("mlflow.runName") for r in parents]
+    assert [r.data.tags.get("lesion.resumed_into") for r in left] == [parents[0].info.run_id]
     assert parents[0].data.tags["mlflow.runName"] == "one-study" and parents[0].info.status == "FINISHED"
     children = sorted(r.data.tags["mlflow.runName"] for r in runs
                       if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id)
     assert children == ["teacher", "trial0", "trial1"]
-    left = deleted_runs(client, experiment, 1)
-    assert [r.data.tags.get("lesion.resumed_into") for r in left] == [parents[0].info.run_id]

@@ -53,6 +53,28 @@ LOCAL_ENCODER = (lambda v: not hub_model(v),
                  "download it even with encoder_init=random; lesion never downloads a model definition)")
 
 
+MAX_NAME = 200  # bytes: a file name holds 255, and the run's lock file adds ".lock"
+
+
+def name_problem(name: str) -> str | None:
+    """Why name cannot name a folder of its own, output_dir/<stage>/<name> (None when it can)."""
+    if name in (".", ".."):
+        return f"{name!r} is not a name"
+    if "/" in name or "\\" in name:
+        return "it holds a path separator"
+    if any(ord(c) < 32 for c in name):
+        return "it holds a control character"
+    if len(name.encode()) > MAX_NAME:
+        return f"it is longer than {MAX_NAME} bytes"
+    return None
+
+
+# A run or study name names a folder that a new run may clean: a path would reach (and clean) another folder.
+FOLDER_NAME = (lambda v: name_problem(v) is None,
+               "a name, not a path (it names the folder output_dir/<stage>/<name>: no / or \\, not . or .., "
+               "no control characters, at most 200 bytes)")
+
+
 class Checked:
     """Every config checks its fields' ranges when it is made: from the CLI, the MLproject, Optuna or code."""
 
@@ -168,7 +190,8 @@ class NoiseConfig(Checked):
 
 @dataclass
 class RunConfig(Checked):
-    run_name: str = param("", "MLflow run name; re-running the same name resumes an unfinished run.")
+    run_name: str = param("", "MLflow run name; re-running the same name resumes an unfinished run.",
+                          valid=FOLDER_NAME)
     experiment: str = param("", "MLflow experiment (default: one per entry point).")
     output_dir: str = param("outputs", "Local folder for checkpoints, manifests and predictions.")
     seed: int = param(0, "Seed for splits, initialisation, shuffling and augmentation.", valid=SEED)
@@ -312,7 +335,8 @@ class SelftrainConfig(Checked):
 class StudyConfig(Checked):
     """Optuna: where the study lives and how each trial is budgeted."""
 
-    study: str = param("lesion-noisy-student", "Study name; workers with the same storage and study join it.")
+    study: str = param("lesion-noisy-student", "Study name; workers with the same storage and study join it.",
+                       valid=FOLDER_NAME)
     storage: str = param("sqlite:///optuna.db", "Optuna storage: SQLite file, or a SQLAlchemy URL (postgresql://...) for many workers.")
     n_trials: int = param(8, "Trials this worker runs.", valid=AT_LEAST_ONE)
     timeout: float = param(0.0, "Stop this worker after this many seconds (0: no limit).", valid=NON_NEGATIVE)

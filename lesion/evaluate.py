@@ -7,6 +7,7 @@ official `isic-challenge-scoring` package can score the same folder.
 from __future__ import annotations
 
 import csv
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from lesion.models.io import load_model
 from lesion.outputs import check_out_dir, make_out_dir, save_png_inside
 from lesion.tracking import Tracker, write_json
 from lesion.train.engine import evaluate
-from lesion.train.finetune import shared_run_name
+from lesion.train.finetune import claim_run, finish_run, fresh_workdir, shared_run_name
 
 
 def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, batch_size: int, tta: bool,
@@ -50,14 +51,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     tracker = Tracker(enabled=main)
-    model, meta = load_model(cfg.model)
-    size = cfg.image_size or int(meta["image_size"])
     run_name = shared_run_name(accelerator, cfg.run.run_name, "evaluate")
-    workdir = Path(cfg.run.output_dir) / "evaluate" / run_name
-    data_cfg = DataConfig(data=cfg.data, image_size=size, cache_dir=cfg.cache_dir, max_pixels=cfg.max_pixels,
-                          skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
-    tags = {"lesion.model": cfg.model, "lesion.model_run": str(meta.get("run_id", ""))}
-    with tracker.run("evaluate", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags):
+    with ExitStack() as stack:
+        workdir = stack.enter_context(claim_run(accelerator, cfg.run.output_dir, "evaluate", run_name))
+        model, meta = load_model(cfg.model)
+        size = cfg.image_size or int(meta["image_size"])
+        data_cfg = DataConfig(data=cfg.data, image_size=size, cache_dir=cfg.cache_dir, max_pixels=cfg.max_pixels,
+                              skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+        tags = {"lesion.model": cfg.model, "lesion.model_run": str(meta.get("run_id", ""))}
+        stack.enter_context(tracker.run("evaluate", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags))
+        fresh_workdir(accelerator, tracker, workdir)  # masks of an older, unfinished attempt must not mix in
         data = prepare_data(data_cfg, cfg.run.seed, workdir, main, accelerator.wait_for_everyone)
         rows = [r for r in data.rows if r.mask and (cfg.split == "all" or r.split == cfg.split)]
         if not rows:
@@ -100,5 +103,5 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 print(f"[lesion] {len(flagged)} degenerate mask(s) (covering most of the frame or touching every "
                       f"border), e.g. {', '.join(flagged[:5])}; see {table.name}")
             print(f"[lesion] ISIC-format masks: {masks_dir}")
-        accelerator.wait_for_everyone()
+        finish_run(accelerator, tracker, workdir, run_name)
     return out

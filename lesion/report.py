@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import json
 import tempfile
 from collections import defaultdict
 from dataclasses import replace
@@ -29,6 +30,7 @@ import numpy as np
 from lesion.config import (DataConfig, FinetuneConfig, NoiseConfig, PretrainConfig, ReportConfig, SelftrainConfig,
                            SweepConfig, SSLConfig)
 from lesion.errors import ConfigError
+from lesion.runs import RunFinished, default_run_name
 from lesion.tracking import SEGMENTER, TAG_ENTRY, TAG_STAGE, Tracker, alias_version, configure_tracking
 
 METHOD_ORDER = ["supervised (random init)", "supervised (ImageNet init)", "supervised (SSL init)",
@@ -302,24 +304,35 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     unknown = set(methods) - {"supervised", "ssl", "selftrain"}
     if unknown or not fractions:
         raise ConfigError(f"methods {sorted(unknown)} unknown or no label_fractions; use supervised, ssl, selftrain")
-    prefix = cfg.run.run_name or "sweep"
+    prefix = cfg.run.run_name or default_run_name("sweep")
+
+    def once(run, stage_cfg):
+        """Each run of the sweep once: re-running a sweep (same run_name) skips the runs it finished before."""
+        try:
+            return run(stage_cfg)
+        except RunFinished as done:
+            print(f"[lesion] sweep: {stage_cfg.run.run_name} finished before, skipped")
+            result = done.workdir / "result.json"
+            return json.loads(result.read_text()) if result.is_file() else {}
+
     encoder = ""
     if "ssl" in methods:
-        pre = run_pretrain(PretrainConfig(data=cfg.data, ssl=SSLConfig(encoder=cfg.model.encoder,
-                                                                       color_constancy=cfg.model.color_constancy),
-                                          train=replace(cfg.train, epochs=cfg.ssl_epochs),
-                                          run=replace(cfg.run, run_name=f"{prefix}-ssl")))
+        pre = once(run_pretrain, PretrainConfig(data=cfg.data, ssl=SSLConfig(encoder=cfg.model.encoder,
+                                                                             color_constancy=cfg.model.color_constancy),
+                                                train=replace(cfg.train, epochs=cfg.ssl_epochs),
+                                                run=replace(cfg.run, run_name=f"{prefix}-ssl")))
         encoder = pre.get("encoder_dir", "")
     for fraction in fractions:
         data = replace(cfg.data, label_fraction=fraction)
         tag = f"{prefix}-{fraction:g}"
         if "supervised" in methods:
-            run_finetune(FinetuneConfig(data=data, model=cfg.model, train=cfg.train, noise=NoiseConfig(),
-                                        run=replace(cfg.run, run_name=f"{tag}-random")))
+            once(run_finetune, FinetuneConfig(data=data, model=cfg.model, train=cfg.train, noise=NoiseConfig(),
+                                              run=replace(cfg.run, run_name=f"{tag}-random")))
         if "ssl" in methods:
-            run_finetune(FinetuneConfig(data=data, model=replace(cfg.model, encoder_init=encoder), train=cfg.train,
-                                        noise=NoiseConfig(), run=replace(cfg.run, run_name=f"{tag}-ssl-init")))
+            once(run_finetune, FinetuneConfig(data=data, model=replace(cfg.model, encoder_init=encoder),
+                                              train=cfg.train, noise=NoiseConfig(),
+                                              run=replace(cfg.run, run_name=f"{tag}-ssl-init")))
         if "selftrain" in methods and fraction < 1.0:
-            run_selftrain(SelftrainConfig(data=data, model=cfg.model, train=cfg.train, pseudo=cfg.pseudo,
-                                          run=replace(cfg.run, run_name=f"{tag}-selftrain")))
+            once(run_selftrain, SelftrainConfig(data=data, model=cfg.model, train=cfg.train, pseudo=cfg.pseudo,
+                                                run=replace(cfg.run, run_name=f"{tag}-selftrain")))
     return run_report(ReportConfig(experiment=cfg.run.experiment))

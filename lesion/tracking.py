@@ -4,24 +4,36 @@ Only the main process talks to MLflow: a Tracker built with enabled=False
 (every other rank) does nothing. The tracking URI is MLFLOW_TRACKING_URI, else
 the embedded `sqlite:///mlflow.db`.
 
+The first access to a store creates its tables (MLflow's schema migration),
+which is not safe when several processes do it at once: configure_tracking
+does it once per process, under a file lock for SQLite and with retries for
+database servers, before anything else touches the store.
+
 Runs are found again by their tags (`lesion.entry_point`, `lesion.run_name`,
 `lesion.stage`): re-running the same command with the same run_name resumes
 the unfinished run instead of starting a new one, which is what makes
 crash-resume possible, also under `mlflow run` (which always opens a fresh
-run: that one is tagged with the run it resumed into).
+run: when the work goes into an older run, that fresh one is tagged with the
+run it resumed into and deleted, so no empty run stays behind).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import os
+import shlex
 import subprocess
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from lesion.config import parse_value
 from lesion.errors import ConfigError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -38,7 +50,57 @@ def configure_tracking() -> str:
     # mlflow run passes the registry of its own session; keep it consistent.
     if not os.environ.get("MLFLOW_REGISTRY_URI"):
         mlflow.set_registry_uri(uri)
+    _initialise_store(uri)
     return uri
+
+
+_initialised: set[str] = set()
+
+
+def _open_stores() -> None:
+    """Open the tracking and registry stores: on a new database this creates their tables."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
+
+
+def _initialise_store(uri: str, attempts: int = 5) -> None:
+    """The store's first use, once per process, safe while other processes start on the same new store.
+
+    MLflow creates a new database's tables on first use; two processes doing that at
+    once collide in its schema migration (alembic: "Online migration expected to match
+    one row ... 0 found"). SQLite is one file on one machine: a file lock lets one
+    process create the tables while the others wait, then find them made. A database
+    server may be shared by many machines: a failed first use is retried once the
+    other process has finished its migration.
+    """
+    if uri in _initialised:
+        return
+    if uri.startswith("sqlite:"):
+        key = hashlib.sha1(os.path.abspath(uri.split(":///", 1)[-1]).encode()).hexdigest()[:16]
+        try:
+            lock = open(Path(tempfile.gettempdir()) / f"lesion-store-{key}.lock", "a")
+        except OSError:  # a lock file this user may not open (another user's): go on without it
+            lock = None
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+            _open_stores()
+        finally:
+            if lock is not None:
+                lock.close()
+    elif "://" in uri and uri.split("://", 1)[0].split("+")[0] in ("postgresql", "mysql", "mssql"):
+        for attempt in range(attempts):
+            try:
+                _open_stores()
+                break
+            except Exception:  # another process is in the middle of the migration
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1.0 + attempt)  # a store that failed to build is not cached: the next try builds it anew
+    _initialised.add(uri)
 
 
 def git_commit() -> str | None:
@@ -66,15 +128,42 @@ def _get_or_create_experiment(name: str) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
+def filter_literal(value: str) -> str | None:
+    """value as a string constant of MLflow's filter grammar, or None where the grammar cannot hold it.
+
+    MLflow takes the text between a constant's quotes verbatim (single or double
+    quotes, no escapes), and sqlparse reads a backslash before a quote as an escape:
+    a value with both quote kinds, or with a backslash, cannot be written.
+    """
+    if "\\" in value:
+        return None
+    for quote in ("'", '"'):
+        if quote not in value:
+            return f"{quote}{value}{quote}"
+    return None
+
+
 def find_runs(filters: dict[str, str], experiment_ids: list[str] | None = None, statuses: tuple[str, ...] = ()) -> list:
-    """Runs whose tags equal filters (newest first), optionally restricted to statuses."""
+    """Runs whose tags equal filters (newest first), optionally restricted to statuses.
+
+    Tag values are quoted for MLflow's filter grammar (a run name may hold an
+    apostrophe); a value it cannot hold is matched here instead, as is every value
+    again (equality, exactly), so the answer never depends on the grammar.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     if experiment_ids is None:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
-    runs = client.search_runs(experiment_ids, filter_string=query, order_by=["attributes.start_time DESC"])
+    clauses = [f"tags.`{k}` = {literal}" for k, v in filters.items() if (literal := filter_literal(v)) is not None]
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=" and ".join(clauses),
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs += [r for r in page if all(r.data.tags.get(k) == v for k, v in filters.items())]
+        token = page.token
+        if not token:
+            break
     return [r for r in runs if not statuses or r.info.status in statuses]
 
 
@@ -83,6 +172,103 @@ def finished_stage(entry_point: str, run_name: str, stage: str, parent_run_id: s
     runs = find_runs({TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, TAG_STAGE: stage,
                       "mlflow.parentRunId": parent_run_id}, statuses=("FINISHED",))
     return runs[0] if runs else None
+
+
+_DELETE_AFTER_EXIT = """
+import sys, time
+from mlflow.tracking import MlflowClient  # imported first: the run goes as soon as its owner has exited
+pid, run_id = int(sys.argv[1]), sys.argv[2]
+
+def alive():
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+while alive():
+    time.sleep(0.2)
+try:
+    MlflowClient().delete_run(run_id)
+except Exception:
+    pass
+"""
+
+
+def run_owner(run_id: str) -> int | None:
+    """The process that made the run MLFLOW_RUN_ID names: the nearest of this process and its ancestors that
+    was not started with MLFLOW_RUN_ID=run_id (`mlflow run`, or a caller of mlflow.projects.run). None without
+    /proc."""
+    marker = f"MLFLOW_RUN_ID={run_id}".encode()
+    pid = os.getpid()
+    for _ in range(64):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        if marker not in environ:
+            return pid
+        if ppid <= 1:
+            return None
+        pid = ppid
+    return None
+
+
+def drop_empty_run(run_id: str) -> None:
+    """Delete a run that mlflow run opened for an attempt whose work went into an older run.
+
+    Not at once: after its command exits, mlflow run marks its run terminated (always:
+    MLflow 3 compares the status string with status numbers, so it never sees one
+    already finished), and it cannot do that to a deleted run: it would fail with a
+    traceback. So the run is deleted by a small helper as soon as the process that
+    made it has exited, or at once when that is this process. Without /proc (not
+    Linux) it stays, FINISHED and tagged lesion.resumed_into.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    owner = run_owner(run_id)
+    if owner is None:
+        return
+    if owner == os.getpid():
+        MlflowClient().delete_run(run_id)
+        return
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    subprocess.Popen([sys.executable, "-c", _DELETE_AFTER_EXIT, str(owner), run_id], env=env,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)  # outlives this job, and a kill of its process group
+
+
+def same_param(logged: str, value: Any) -> bool:
+    """Whether a logged parameter says value.
+
+    lesion logs str(value); `mlflow run` logs each -P value or MLproject default as
+    it put it on the command line: shell-quoted ('' for empty, 'o'"'"'brien' for
+    o'brien) and untyped (true for True, 8 for 8, 1e-3 for 0.001). So compare what
+    it means, parsed to value's type, not the text.
+    """
+    if logged == str(value)[:6000]:  # MLflow keeps the first 6000 characters of a value
+        return True
+    texts = [logged]
+    try:
+        words = shlex.split(logged)
+    except ValueError:  # not shell-quoted (an unbalanced quote of lesion's own)
+        words = None
+    if words is not None and len(words) <= 1:
+        texts.append(words[0] if words else "")
+    for text in texts:
+        if isinstance(value, str):
+            if text == value:
+                return True
+        elif isinstance(value, (bool, int, float)):
+            try:
+                if parse_value("parameter", type(value), text) == value:
+                    return True
+            except (ConfigError, TypeError, ValueError):
+                continue
+    return False
 
 
 class Tracker:
@@ -98,13 +284,15 @@ class Tracker:
     @contextmanager
     def run(self, entry_point: str, run_name: str = "", experiment: str = "", params: dict[str, Any] | None = None,
             tags: dict[str, str] | None = None, nested: bool = False, stage: str = "",
-            strict_params: bool = True) -> Iterator["Tracker"]:
+            strict_params: bool = True, title: str = "", reopen_finished: bool = False) -> Iterator["Tracker"]:
         """Start (or resume) a run; it ends FINISHED, or FAILED/KILLED on an exception.
 
         A run that an earlier, unfinished attempt with the same run_name left behind is
-        resumed. With strict_params, resuming with other parameter values is an error:
-        the logged parameters must describe every step of the run. (Workers joining
-        one Optuna study share a run with their own sampler seeds: not strict.)
+        resumed (with reopen_finished, a finished one too: a study's run, which every
+        worker joins). With strict_params, resuming with other parameter values is an
+        error: the logged parameters must describe every step of the run. (Workers
+        joining one Optuna study share a run with their own sampler seeds: not strict.)
+        The run's name in the MLflow UI is title, else the stage of a nested run, else run_name.
         """
         if not self.enabled:
             yield self
@@ -115,7 +303,6 @@ class Tracker:
         configure_tracking()
         client = MlflowClient()
         outer = (self.run_id, self.resumed, self._logged_steps)  # restored when a nested run ends
-        self._logged_steps = {}
         env_run = None if nested else os.environ.get("MLFLOW_RUN_ID")
         active = mlflow.active_run()
         if env_run:
@@ -129,7 +316,8 @@ class Tracker:
             filters[TAG_STAGE] = stage
         if nested and active is not None:
             filters["mlflow.parentRunId"] = active.info.run_id
-        previous = find_runs(filters, [experiment_id], ("RUNNING", "FAILED", "KILLED")) if run_name else []
+        statuses = ("RUNNING", "FAILED", "KILLED") + (("FINISHED",) if reopen_finished else ())
+        previous = find_runs(filters, [experiment_id], statuses) if run_name else []
         previous = [r for r in previous if r.data.tags.get(TAG_STAGE, "") == stage]  # a parent is not its stages
         all_tags = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, **({TAG_STAGE: stage} if stage else {}),
                     **(tags or {})}
@@ -137,14 +325,18 @@ class Tracker:
         if commit:
             all_tags.setdefault("mlflow.source.git.commit", commit.removesuffix("-dirty"))
             all_tags["lesion.git_commit"] = commit
-        self.resumed = False
-        if previous and previous[0].info.run_id != env_run:
+        resumed = bool(previous) and previous[0].info.run_id != env_run
+        if resumed and params and strict_params:  # refused before anything changes: the old run stays as it was
+            self._check_same_params(params, previous[0].data.params, run_name)
+        self._logged_steps = {}
+        self.resumed = resumed
+        if resumed:
             run_id = previous[0].info.run_id
-            self.resumed = True
-            if env_run:  # mlflow run opened a fresh run: say where the work went
+            if env_run:  # mlflow run opened a fresh run that the work does not go into: say where it went
                 client.set_tag(env_run, "lesion.resumed_into", run_id)
                 client.set_terminated(env_run, "FINISHED")
                 os.environ.pop("MLFLOW_RUN_ID", None)
+                drop_empty_run(env_run)  # or it stays in the UI beside the run that holds the work
             mlflow.start_run(run_id=run_id, nested=nested)
         elif env_run:
             mlflow.start_run(run_id=env_run)
@@ -154,14 +346,13 @@ class Tracker:
             mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None, nested=nested)
         run = mlflow.active_run()
         self.run_id = run.info.run_id
-        if run_name and not env_run:
-            mlflow.set_tag("mlflow.runName", run_name)
+        name = title or (stage if nested else "") or run_name
+        if name:  # also under mlflow run, whose run would keep a random name
+            mlflow.set_tag("mlflow.runName", name)
         mlflow.set_tags(all_tags)
         status = "FINISHED"
         try:
             if params:
-                if self.resumed and strict_params:
-                    self._check_same_params(params, run_name)
                 self.log_params(params)
             yield self
         except KeyboardInterrupt:
@@ -179,11 +370,9 @@ class Tracker:
     def active(self) -> bool:
         return self.enabled and self.run_id is not None
 
-    def _check_same_params(self, params: dict[str, Any], run_name: str) -> None:
-        from mlflow.tracking import MlflowClient
-
-        logged = MlflowClient().get_run(self.run_id).data.params
-        changed = {k: (logged[k], str(v)) for k, v in params.items() if k in logged and logged[k] != str(v)[:6000]}
+    @staticmethod
+    def _check_same_params(params: dict[str, Any], logged: dict[str, str], run_name: str) -> None:
+        changed = {k: (logged[k], str(v)) for k, v in params.items() if k in logged and not same_param(logged[k], v)}
         if changed:
             listed = ", ".join(f"{k}={new} (logged: {old})" for k, (old, new) in sorted(changed.items())[:5])
             raise ConfigError(f"run_name {run_name!r} is an unfinished run being resumed, but with other parameters: "

@@ -160,7 +160,9 @@ class Study:
         cfg = self.cfg
         with self.tracker.run("tune", cfg.tune.study, cfg.run.experiment, params=to_flat(cfg),
                               tags={"lesion.study": cfg.tune.study, "lesion.storage": _safe_url(cfg.tune.storage)},
-                              strict_params=False):  # workers of one study share this run, each with its own seed
+                              strict_params=False, reopen_finished=True):
+            # Workers of one study share this run (each with its own seed), also one that joins after the others
+            # finished: one run per study. So tune takes no run lock: sharing its run is what a worker is for.
             worker_dir = self.workdir / f"worker-{os.getpid()}"
             data = prepare_data(cfg.data, cfg.run.seed, worker_dir, self.accelerator.is_main_process,
                                 self.accelerator.wait_for_everyone)

@@ -35,7 +35,8 @@ from lesion.selftrain.pseudo import (DECISIONS, PseudoStats, mean_valid_fraction
                                     select_pseudo_labels)
 from lesion.tracking import SEGMENTER, Tracker, finished_stage, set_alias, write_json
 from lesion.train.engine import make_accelerator
-from lesion.train.finetune import fresh_workdir, promote_champion, shared_run_name, train_segmenter
+from lesion.train.finetune import (claim_run, finish_run, fresh_workdir, promote_champion, shared_run_name,
+                                   train_segmenter)
 
 ENTRY = "selftrain"
 STAGE_FILE = "stage.json"
@@ -102,7 +103,8 @@ class Stages:
         self.accelerator, self.tracker, self.run_name, self.workdir = accelerator, tracker, run_name, workdir
         self.parent_run_id = tracker.run_id
 
-    def run(self, name: str, params: dict[str, Any], work) -> dict[str, Any]:
+    def run(self, name: str, params: dict[str, Any], work, title: str = "") -> dict[str, Any]:
+        """Run stage name once; title is its run's name in the MLflow UI (default: name)."""
         stage_file = self.workdir / name / STAGE_FILE
         done = [None]
         if self.accelerator.is_main_process:
@@ -114,11 +116,11 @@ class Stages:
             broadcast_object_list(done)
         if done[0] is not None:
             return done[0]
-        with self.tracker.run(ENTRY, self.run_name, params=params, nested=True, stage=name):
+        with self.tracker.run(ENTRY, self.run_name, params=params, nested=True, stage=name, title=title or name):
             if self.accelerator.is_main_process and not self.tracker.resumed and (self.workdir / name).exists():
                 import shutil
 
-                shutil.rmtree(self.workdir / name)  # leftovers of an older run with this name
+                shutil.rmtree(self.workdir / name)  # leftovers of this run's stage from before it was restarted
             self.accelerator.wait_for_everyone()
             outputs = work(self.workdir / name)
             if self.accelerator.is_main_process:
@@ -160,10 +162,10 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
     main = accelerator.is_main_process
     tracker = Tracker(enabled=main)
     run_name = shared_run_name(accelerator, cfg.run.run_name, "selftrain")
-    workdir = Path(cfg.run.output_dir) / "selftrain" / run_name
     teacher_cfg, student_cfg = stage_configs(cfg)
-    with tracker.run(ENTRY, run_name, cfg.run.experiment, params=to_flat(cfg),
-                     tags={"lesion.num_processes": accelerator.num_processes}):
+    with claim_run(accelerator, cfg.run.output_dir, ENTRY, run_name) as workdir, \
+            tracker.run(ENTRY, run_name, cfg.run.experiment, params=to_flat(cfg),
+                        tags={"lesion.num_processes": accelerator.num_processes}):
         fresh_workdir(accelerator, tracker, workdir)
         data = prepare_data(cfg.data, cfg.run.seed, workdir, main, accelerator.wait_for_everyone)
         tracker.log_artifact(data.manifest, "data")
@@ -227,7 +229,7 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                 train_rows=labelled + pseudo_rows, pseudo={s.id: s.file for s in decisions.kept},
                 threshold=cfg.pseudo.threshold,
                 weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio),
-                epoch_draws=cfg.pseudo.student_epoch_images))
+                epoch_draws=cfg.pseudo.student_epoch_images), title=name)
             history.append(StageRecord(name, student))
             if main and student.get("version"):
                 set_alias(SEGMENTER, "student", student["version"])
@@ -253,6 +255,7 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
                                for split in ("test", "external") if s.get(split + "_jaccard") is not None)
                 print(f"[lesion] {name:10s} val/jaccard {s['val_jaccard']:.4f}  val/dice {s['val_dice']:.4f}  {test}"
                       f"lesion-segmenter v{s['version']}")
+        finish_run(accelerator, tracker, workdir, run_name)
     return {"run_id": tracker.run_id, "run_name": run_name, "stages": summary, "workdir": str(workdir)}
 
 

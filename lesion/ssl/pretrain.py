@@ -57,7 +57,7 @@ from lesion.ssl.puzzles import assemble, make_puzzle
 from lesion.tracking import ENCODER, Tracker, set_alias, write_json
 from lesion.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
 from lesion.train.engine import build_optimizer, build_scheduler, make_accelerator, resolve_mixed_precision, resolve_workers
-from lesion.train.finetune import fresh_workdir, shared_run_name
+from lesion.train.finetune import claim_run, finish_run, fresh_workdir, shared_run_name
 
 PRETRAIN_SPLITS = ("train", "unlabeled")
 METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/tile_invariance",
@@ -182,9 +182,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     main = accelerator.is_main_process
     tracker = Tracker(enabled=main)
     run_name = shared_run_name(accelerator, cfg.run.run_name, "pretrain")
-    workdir = Path(cfg.run.output_dir) / "pretrain" / run_name
-    with tracker.run("pretrain", run_name, cfg.run.experiment, params=to_flat(cfg),
-                     tags={"lesion.num_processes": accelerator.num_processes}):
+    with claim_run(accelerator, cfg.run.output_dir, "pretrain", run_name) as workdir, \
+            tracker.run("pretrain", run_name, cfg.run.experiment, params=to_flat(cfg),
+                        tags={"lesion.num_processes": accelerator.num_processes}):
         fresh_workdir(accelerator, tracker, workdir)
         data = prepare_data(cfg.data, seed, workdir, main, accelerator.wait_for_everyone, need_labels=False)
         rows = [r for r in data.rows if r.split in PRETRAIN_SPLITS]
@@ -300,5 +300,5 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 print(f"[lesion] registered {ENCODER} v{out['version']} (alias ssl); fine-tune from it with "
                       f"--encoder_init models:/{ENCODER}@ssl --encoder {ssl.encoder}")
             write_json(workdir / "result.json", {k: v for k, v in out.items() if k != "history"})
-        accelerator.wait_for_everyone()
+        finish_run(accelerator, tracker, workdir, run_name)
     return out

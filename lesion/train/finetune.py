@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -22,26 +22,65 @@ from lesion.errors import ConfigError, LesionError
 from lesion.inference import image_png
 from lesion.models import build_model
 from lesion.models.io import init_encoder, load_model
+from lesion.runs import check_not_finished, default_run_name, mark_finished, run_lock, stage_dir
 from lesion.tracking import SEGMENTER, Tracker, alias_version, log_segmenter, register, set_alias, write_json
 from lesion.train.engine import (FitResult, fit, make_accelerator, resolve_mixed_precision, resolve_workers,
                                  score_rows)
 
 
 def shared_run_name(accelerator: Accelerator, given: str, prefix: str) -> str:
-    """The given run_name, or one fresh timestamped name agreed by all processes."""
-    name = [given or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"]
+    """The given run_name, or one fresh unique name agreed by all processes."""
+    name = [given or default_run_name(prefix)]
     if accelerator.num_processes > 1:
         broadcast_object_list(name)
     return name[0]
 
 
+@contextmanager
+def claim_run(accelerator: Accelerator, output_dir: str, stage: str, run_name: str) -> Iterator[Path]:
+    """The run's folder output_dir/<stage>/<run_name>, owned by this run for the with-block.
+
+    Enter it before the MLflow run starts: the main process takes the run's lock
+    (another live process with this run_name is refused) and refuses a run_name
+    whose folder holds a finished run, so neither ever reaches MLflow or the folder.
+    """
+    workdir = stage_dir(output_dir, stage, run_name)
+    with ExitStack() as stack:
+        error: list[str | None] = [None]
+        if accelerator.is_main_process:
+            try:
+                stack.enter_context(run_lock(output_dir, stage, run_name))
+                check_not_finished(workdir, run_name)
+            except LesionError as err:
+                if accelerator.num_processes == 1:
+                    raise
+                error[0] = str(err)
+        if accelerator.num_processes > 1:  # every rank stops, none waits for a main process that left
+            broadcast_object_list(error)
+            if error[0] is not None:
+                raise ConfigError(error[0])
+        yield workdir
+
+
 def fresh_workdir(accelerator: Accelerator, tracker: Tracker, workdir: Path) -> None:
-    """A resumed run keeps its checkpoints; a new run with a reused name starts clean."""
+    """A resumed run keeps its checkpoints; a new run clears what an unfinished run of its name left, nothing else.
+
+    claim_run has refused a finished run's folder, and workdir is output_dir/<stage>/<run_name>.
+    """
     resumed = [tracker.resumed]
     if accelerator.num_processes > 1:
         broadcast_object_list(resumed)
     if accelerator.is_main_process and not resumed[0] and workdir.exists():
+        print(f"[lesion] {workdir}: removing the leftovers of an unfinished run with this name (no unfinished "
+              "MLflow run to resume it in this experiment)")
         shutil.rmtree(workdir)
+    accelerator.wait_for_everyone()
+
+
+def finish_run(accelerator: Accelerator, tracker: Tracker, workdir: Path, run_name: str) -> None:
+    """The run's last step: its folder is marked finished and is never cleaned or reused after this."""
+    if accelerator.is_main_process:
+        mark_finished(workdir, run_name, tracker.run_id)
     accelerator.wait_for_everyone()
 
 
@@ -215,9 +254,9 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     accelerator = make_accelerator(cfg.train)
     tracker = Tracker(enabled=accelerator.is_main_process)
     run_name = shared_run_name(accelerator, cfg.run.run_name, "finetune")
-    workdir = Path(cfg.run.output_dir) / "finetune" / run_name
     tags = {"lesion.num_processes": accelerator.num_processes}
-    with tracker.run("finetune", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags):
+    with claim_run(accelerator, cfg.run.output_dir, "finetune", run_name) as workdir, \
+            tracker.run("finetune", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags):
         fresh_workdir(accelerator, tracker, workdir)
         data = prepare_data(cfg.data, cfg.run.seed, workdir, accelerator.is_main_process,
                             accelerator.wait_for_everyone)
@@ -231,4 +270,5 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             out["champion"] = promote_champion(stage.version, stage.fit.best_score, tracker, data, accelerator.device)
         if accelerator.is_main_process:
             write_json(workdir / "result.json", out)
+        finish_run(accelerator, tracker, workdir, run_name)
     return out

@@ -16,7 +16,6 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from lesion.config import DataConfig, EvaluateConfig, to_flat
 from lesion.data.datasets import SegmentationDataset
@@ -25,6 +24,7 @@ from lesion.errors import ConfigError
 from lesion.inference import predict_probabilities
 from lesion.metrics import METRIC_NAMES, per_image_scores, resize_probabilities
 from lesion.models.io import load_model
+from lesion.progress import bar
 from lesion.tracking import Tracker, write_json
 from lesion.train.engine import evaluate
 from lesion.train.finetune import shared_run_name
@@ -34,7 +34,7 @@ def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, bat
                  device: torch.device, progress: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ds, batch_size, shuffle=False)
-    for batch in tqdm(loader, desc="write masks", leave=False, disable=not progress):
+    for batch in bar(loader, "write masks", enabled=progress, unit="batch"):
         probs = predict_probabilities(model, batch["image"].to(device), tta).cpu()
         for prob, index in zip(probs, batch["index"].tolist()):
             row = ds.rows[index]

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from lesion.config import PredictConfig
 from lesion.data.datasets import ImageDataset
@@ -19,6 +18,7 @@ from lesion.inference import predict_probabilities
 from lesion.metrics import resize_probabilities
 from lesion.models.io import load_model
 from lesion.plots import overlay
+from lesion.progress import bar
 
 PREVIEW_SIDE = 1024  # overlays are for looking at: keep them screen-sized
 
@@ -104,7 +104,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     ds = _SafeImages([str(p) for p in images], size, None, cfg.max_pixels, skip_bad=cfg.skip_bad)
     loader = DataLoader(ds, cfg.batch_size, shuffle=False, collate_fn=_collate)
     written, skipped = 0, []
-    for batch in tqdm(loader, desc="predict", unit="batch"):
+    for batch in bar(loader, "predict", unit="batch"):
         skipped += batch["errors"]
         if batch["image"] is None:
             continue

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lesion.errors import ConfigError
+from lesion.progress import quiet_library_bars
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SEGMENTER = "lesion-segmenter"
@@ -34,6 +35,7 @@ def configure_tracking() -> str:
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    quiet_library_bars()
     mlflow.set_tracking_uri(uri)
     # mlflow run passes the registry of its own session; keep it consistent.
     if not os.environ.get("MLFLOW_REGISTRY_URI"):

@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from lesion.config import PretrainConfig, SSLConfig, to_flat
 from lesion.data.datasets import ImageDataset, epoch_seed, seed_worker, worker_seed
@@ -51,6 +50,7 @@ from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
 from lesion.errors import ConfigError, DataError, TrainingError
 from lesion.models.io import save_encoder
+from lesion.progress import bar, say
 from lesion.ssl.losses import EmbeddingQueue, info_nce, place_loss, reconstruction_loss, tile_info_nce
 from lesion.ssl.model import JigsawAutoEncoder
 from lesion.ssl.puzzles import assemble, make_puzzle
@@ -218,7 +218,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         history: list[dict[str, float]] = progress["history"]
         step = progress["step"]
         if history and main:
-            tqdm.write(f"[lesion] resuming pretraining at epoch {progress['epoch'] + 2} from {workdir}")
+            say(f"[lesion] resuming pretraining at epoch {progress['epoch'] + 2} from {workdir}")
         for record in history:  # re-log what a crash kept out of MLflow (steps already there are skipped)
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
         # Fixed, unaugmented images and puzzles: the pictures of every epoch are comparable.
@@ -235,8 +235,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 loader.set_epoch(epoch)
             model.train()
             sums, batches = torch.zeros(len(METRICS), device=accelerator.device), 0
-            bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{train.epochs}", leave=False, disable=not main)
-            for batch in bar:
+            batches = bar(loader, f"pretrain epoch {epoch + 1}/{train.epochs}", enabled=main, unit="batch",
+                          heartbeat=False)
+            for batch in batches:
                 with accelerator.accumulate(model):
                     outputs = model(batch["image"], batch["puzzle"])
                     rec = reconstruction_loss(outputs.reconstruction, batch["image"])
@@ -256,7 +257,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 sums += torch.stack([loss, rec, inv, tile_inv, place, accuracy]).detach()
                 batches += 1
                 step += int(accelerator.sync_gradients)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                batches.set_postfix(loss=f"{loss.item():.3f}")
                 if train.max_steps and step >= train.max_steps:
                     break
             means = accelerator.reduce(sums / max(1, batches), reduction="mean").tolist()
@@ -267,9 +268,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                             extra={"queue": queue.state_dict()["items"]})
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
             if main:
-                tqdm.write(f"[lesion] pretrain epoch {epoch + 1}/{train.epochs} loss {means[0]:.4f} "
-                           f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f}, tile invariance {means[3]:.4f}, "
-                           f"place {means[4]:.4f}, tiles placed right {means[5]:.0%})")
+                say(f"[lesion] pretrain epoch {epoch + 1}/{train.epochs} loss {means[0]:.4f} "
+                    f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f}, tile invariance {means[3]:.4f}, "
+                    f"place {means[4]:.4f}, tiles placed right {means[5]:.0%})")
                 last = epoch == train.epochs - 1 or bool(train.max_steps and step >= train.max_steps)
                 if last or (train.picture_every and (epoch + 1) % train.picture_every == 0):
                     net = accelerator.unwrap_model(model).eval()

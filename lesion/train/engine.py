@@ -23,7 +23,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from lesion.config import TrainConfig
 from lesion.data.cache import PreprocessCache
@@ -34,6 +33,7 @@ from lesion.inference import predict_probabilities
 from lesion.metrics import score_image, summarize
 from lesion.models.io import save_model
 from lesion.tracking import Tracker
+from lesion.progress import bar, say
 from lesion.train.checkpoint import load_checkpoint, save_checkpoint
 from lesion.train.losses import segmentation_loss
 
@@ -131,7 +131,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache:
     """
     model.eval()
     all_counts, all_index = [], []
-    for batch in tqdm(loader, desc=f"{prefix}", leave=False, disable=not (progress and accelerator.is_main_process)):
+    for batch in bar(loader, prefix, enabled=progress and accelerator.is_main_process, unit="batch", heartbeat=False):
         probs = predict_probabilities(model, batch["image"], tta)
         counts = []
         for prob, index in zip(probs, batch["index"].tolist()):
@@ -221,7 +221,7 @@ def fit(
         history, best_score, best_epoch = progress["history"], progress["best_score"], progress["best_epoch"]
         bad_epochs, step, start_epoch = progress["bad_epochs"], progress["step"], progress["epoch"] + 1
         if main:
-            tqdm.write(f"[lesion] resuming {stage or 'training'} at epoch {start_epoch + 1} from {workdir}")
+            say(f"[lesion] resuming {stage or 'training'} at epoch {start_epoch + 1} from {workdir}")
         for record in history:  # re-log anything a crash kept out of MLflow (steps already there are skipped)
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
 
@@ -239,8 +239,9 @@ def fit(
             generator.manual_seed(epoch_seed(seed, epoch))
         model.train()
         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-        bar = tqdm(train_loader, desc=f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not main)
-        for batch in bar:
+        batches = bar(train_loader, f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", enabled=main, unit="batch",
+                      heartbeat=False)
+        for batch in batches:
             with accelerator.accumulate(model):
                 logits = model(batch["image"])
                 loss = segmentation_loss(cfg.loss, logits, batch["target"], batch["valid"])
@@ -255,7 +256,7 @@ def fit(
             loss_count += 1
             if accelerator.sync_gradients:
                 step += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            batches.set_postfix(loss=f"{loss.item():.3f}")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         train_loss = accelerator.reduce(loss_sum / max(1, loss_count), reduction="mean").item()
@@ -280,9 +281,9 @@ def fit(
         patience_out = bool(cfg.patience and bad_epochs >= cfg.patience)
         final = epoch == cfg.epochs - 1 or patience_out or bool(cfg.max_steps and step >= cfg.max_steps)
         if main:
-            tqdm.write(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "
-                       f"val/jaccard {metrics['val/jaccard']:.4f} val/dice {metrics['val/dice']:.4f}"
-                       + (" *" if improved else ""))
+            say(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "
+                f"val/jaccard {metrics['val/jaccard']:.4f} val/dice {metrics['val/dice']:.4f}"
+                + (" *" if improved else ""))
             # The final picture also when training ends early.
             if picture_indices and (final or (cfg.picture_every and (epoch + 1) % cfg.picture_every == 0)):
                 tracker.log_image(_picture(unwrapped, val_ds, picture_indices, accelerator.device),
@@ -292,7 +293,7 @@ def fit(
         if patience_out:
             stopped_early = True
             if main:
-                tqdm.write(f"[lesion] early stop: no better val/jaccard for {cfg.patience} epochs")
+                say(f"[lesion] early stop: no better val/jaccard for {cfg.patience} epochs")
             break
 
     if main and history:

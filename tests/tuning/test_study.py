@@ -44,6 +44,22 @@ def test_search_space_overrides():
         SearchSpace.from_json('{"treshold": [0.1, 0.2]}')
 
 
+def test_the_study_plots_raise_no_experimental_warnings():
+    import warnings
+    from types import SimpleNamespace
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1), n_trials=4)
+    logged = []
+    tracker = SimpleNamespace(active=True, log_figure=lambda figure, path: logged.append(path),
+                              log_text=lambda text, path: logged.append(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Study._plots(SimpleNamespace(study=study, tracker=tracker))
+    assert "tune/plots/optimization_history.png" in logged and "tune/plots/slice.png" in logged
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
+
+
 def nested_runs(stage_prefix: str) -> list:
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

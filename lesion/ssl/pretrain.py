@@ -235,9 +235,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 loader.set_epoch(epoch)
             model.train()
             sums, batches = torch.zeros(len(METRICS), device=accelerator.device), 0
-            batches = bar(loader, f"pretrain epoch {epoch + 1}/{train.epochs}", enabled=main, unit="batch",
-                          heartbeat=False)
-            for batch in batches:
+            steps = bar(loader, f"pretrain epoch {epoch + 1}/{train.epochs}", enabled=main, unit="batch",
+                        heartbeat=False)
+            for batch in steps:
                 with accelerator.accumulate(model):
                     outputs = model(batch["image"], batch["puzzle"])
                     rec = reconstruction_loss(outputs.reconstruction, batch["image"])
@@ -257,7 +257,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 sums += torch.stack([loss, rec, inv, tile_inv, place, accuracy]).detach()
                 batches += 1
                 step += int(accelerator.sync_gradients)
-                batches.set_postfix(loss=f"{loss.item():.3f}")
+                steps.set_postfix(loss=f"{loss.item():.3f}")
                 if train.max_steps and step >= train.max_steps:
                     break
             means = accelerator.reduce(sums / max(1, batches), reduction="mean").tolist()

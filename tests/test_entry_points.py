@@ -118,6 +118,9 @@ def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking
     assert set(children) == {"teacher", "pseudo1", "student1"}
     teacher_pictures = [a.path for a in client.list_artifacts(children["teacher"].info.run_id, "pictures")]
     assert teacher_pictures, "the teacher's pictures belong to the teacher's run"
+    stage_dirs = [tmp_path / "out" / "selftrain" / parents[0].data.tags["lesion.run_name"] / s for s in ("teacher", "student1")]
+    assert all((d / "best" / "model.safetensors").is_file() for d in stage_dirs)
+    assert not [d for d in stage_dirs if (d / "state").exists()], "finished stages keep no resume state"
 
 
 @pytest.mark.parametrize("entry", ["tune", "predict", "export", "report", "sweep"])

@@ -54,8 +54,8 @@ from lesion.progress import bar, say
 from lesion.ssl.losses import EmbeddingQueue, info_nce, place_loss, reconstruction_loss, tile_info_nce
 from lesion.ssl.model import JigsawAutoEncoder
 from lesion.ssl.puzzles import assemble, make_puzzle
-from lesion.tracking import ENCODER, Tracker, set_alias, write_json
-from lesion.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
+from lesion.tracking import ENCODER, Tracker, set_alias, share_logged_copy, write_json
+from lesion.train.checkpoint import finish, finished, load_checkpoint, load_extra, save_checkpoint
 from lesion.train.engine import build_optimizer, build_scheduler, make_accelerator, resolve_mixed_precision, resolve_workers
 from lesion.train.finetune import fresh_workdir, shared_run_name
 
@@ -161,6 +161,7 @@ def register_encoder(tracker: Tracker, folder: Path, tags: dict[str, Any]) -> st
         return done["lesion.encoder_version"]
     tracker.log_artifact(folder, "encoder")
     client = MlflowClient()
+    share_logged_copy(folder, f"runs:/{tracker.run_id}/encoder")  # a local store holds the weights once
     try:
         client.create_registered_model(ENCODER)
     except MlflowException as err:
@@ -212,12 +213,14 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         accelerator.free_memory()  # only this stage's objects in save_state/load_state
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         queue = EmbeddingQueue(ssl.queue_size, ssl.projection_dim, accelerator.device)
-        progress = load_checkpoint(accelerator, workdir) or {"epoch": -1, "step": 0, "history": []}
+        # finished: the epochs ran before a later crash (saving, registering), and the encoder is on disk.
+        done = finished(workdir)
+        progress = done or load_checkpoint(accelerator, workdir) or {"epoch": -1, "step": 0, "history": []}
         if "queue" in (extra := load_extra(workdir)):
             queue.load_state_dict({"items": extra["queue"]})
         history: list[dict[str, float]] = progress["history"]
         step = progress["step"]
-        if history and main:
+        if history and main and done is None:
             say(f"[lesion] resuming pretraining at epoch {progress['epoch'] + 2} from {workdir}")
         for record in history:  # re-log what a crash kept out of MLflow (steps already there are skipped)
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
@@ -285,9 +288,11 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                                "workdir": str(workdir), "images": len(rows)}
         if main and history:
             tracker.log_figure(loss_curves(history), "plots/pretrain_curves.png")
-            encoder = accelerator.unwrap_model(model).encoder
-            folder = save_encoder(encoder, ssl.encoder, workdir / "encoder", image_size=data.image_size,
-                                  epochs=len(history), data=cfg.data.data, run_id=tracker.run_id)
+            folder = workdir / "encoder"
+            if done is None:  # else the model is fresh: the trained encoder is the one saved before
+                folder = save_encoder(accelerator.unwrap_model(model).encoder, ssl.encoder, folder,
+                                      image_size=data.image_size, epochs=len(history), data=cfg.data.data,
+                                      run_id=tracker.run_id)
             out["encoder_dir"] = str(folder)
             if cfg.run.register and tracker.active:
                 out["version"] = register_encoder(tracker, folder, {
@@ -296,5 +301,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 print(f"[lesion] registered {ENCODER} v{out['version']} (alias ssl); fine-tune from it with "
                       f"--encoder_init models:/{ENCODER}@ssl --encoder {ssl.encoder}")
             write_json(workdir / "result.json", {k: v for k, v in out.items() if k != "history"})
-        accelerator.wait_for_everyone()
+        # The encoder is saved: the resume state (model, decoder, optimizer, queue) is no longer needed.
+        finish(accelerator, workdir, {"epoch": history[-1]["epoch"] if history else -1, "step": step,
+                                      "history": history})
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,9 +33,9 @@ from lesion.errors import TrainingError
 from lesion.inference import predict_probabilities
 from lesion.metrics import score_image, summarize
 from lesion.models.io import save_model
-from lesion.tracking import Tracker
 from lesion.progress import bar, say
-from lesion.train.checkpoint import load_checkpoint, save_checkpoint
+from lesion.tracking import Tracker
+from lesion.train.checkpoint import finish, finished, load_checkpoint, save_checkpoint
 from lesion.train.losses import segmentation_loss
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -69,6 +70,13 @@ class FitResult:
     last_dir: Path
     stopped_early: bool = False
     extra: dict = field(default_factory=dict)
+
+
+def finished_result(workdir: Path, progress: dict) -> FitResult:
+    """The result of a finished fit from its final progress (`last` is `best` when it was the best epoch)."""
+    last = workdir / "last"
+    return FitResult(progress["best_score"], progress["best_epoch"], progress["history"], workdir / "best",
+                     last if last.is_dir() else workdir / "best", progress.get("stopped_early", False))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -193,6 +201,10 @@ def fit(
 ) -> FitResult:
     workdir = Path(workdir)
     main = accelerator.is_main_process
+    if (done := finished(workdir)) is not None:  # trained before a later crash (logging, registering)
+        if main:
+            say(f"[lesion] {stage or 'training'} finished its epochs before; using {workdir / 'best'}")
+        return finished_result(workdir, done)
     set_seed(seed, deterministic=not torch.cuda.is_available())
 
     optimizer = build_optimizer(model, cfg)
@@ -300,5 +312,9 @@ def fit(
         from lesion.plots import learning_curves
 
         tracker.log_figure(learning_curves(history, stage), f"plots/{stage + '_' if stage else ''}learning_curves.png")
-    accelerator.wait_for_everyone()
-    return FitResult(best_score, best_epoch, history, workdir / "best", workdir / "last", stopped_early)
+        if history[-1]["epoch"] == best_epoch:
+            shutil.rmtree(workdir / "last", ignore_errors=True)  # the same weights as best/
+    # The resume state is no longer needed (finish waits for every process).
+    final = {"history": history, "best_score": best_score, "best_epoch": best_epoch, "stopped_early": stopped_early}
+    finish(accelerator, workdir, final)
+    return finished_result(workdir, final)

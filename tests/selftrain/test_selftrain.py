@@ -115,12 +115,16 @@ def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
         time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    stages = tmp_path / "outputs" / "selftrain" / "crash"
+    assert not (stages / "teacher" / "state").exists(), "a finished stage drops its resume state"
+    assert (stages / "teacher" / "best" / "model.safetensors").is_file(), "and keeps what the next stages read"
 
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert "stage teacher: finished" in log and "stage pseudo1: finished" in log
     assert "resuming student at epoch" in log
+    assert not list(stages.rglob("state")), "no resume state left once every stage has finished"
 
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],

@@ -127,10 +127,11 @@ class PuzzleDataset(Dataset):
         return {"image": image, "puzzle": puzzle[0], "perms": perms[0], "index": index}
 
 
-def picture(*columns: torch.Tensor) -> np.ndarray:
-    """One row per image, one column per (B, C, H, W) batch: original | puzzle | reconstruction [| assembly] (uint8)."""
-    rows = [np.concatenate([denormalize(t.float().cpu().numpy()) for t in row], 1) for row in zip(*columns)]
-    return np.concatenate(rows, 0)
+def picture(columns: list[torch.Tensor], titles: list[str]) -> np.ndarray:
+    """One row per image, one titled column per (B, C, H, W) batch: image | puzzle | reconstruction [| assembled]."""
+    from lesion.plots import titled_grid
+
+    return titled_grid([[denormalize(t.float().cpu().numpy()) for t in column] for column in columns], titles)
 
 
 def loss_curves(history: list[dict[str, float]]):
@@ -160,8 +161,8 @@ def register_encoder(tracker: Tracker, folder: Path, tags: dict[str, Any]) -> st
     if "lesion.encoder_version" in done:  # registered before a crash: never twice
         return done["lesion.encoder_version"]
     tracker.log_artifact(folder, "encoder")
-    client = MlflowClient()
     share_logged_copy(folder, f"runs:/{tracker.run_id}/encoder")  # a local store holds the weights once
+    client = MlflowClient()
     try:
         client.create_registered_model(ENCODER)
     except MlflowException as err:
@@ -279,10 +280,11 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     net = accelerator.unwrap_model(model).eval()
                     with torch.no_grad():
                         rebuilt, places = net.solve(shown_puzzles.to(accelerator.device))
-                    columns = [shown_images, shown_puzzles, rebuilt]
+                    columns, titles = [shown_images, shown_puzzles, rebuilt], ["image", "puzzle", "reconstruction"]
                     if ssl.place_weight > 0:  # the tiles where the network places them
                         columns.append(dataset.assemble(shown_puzzles, places))
-                    tracker.log_image(picture(*columns), f"pictures/puzzles_epoch_{epoch + 1:03d}.png")
+                        titles.append("tiles placed")
+                    tracker.log_image(picture(columns, titles), f"pictures/puzzles_epoch_{epoch + 1:03d}.png")
 
         out: dict[str, Any] = {"run_id": tracker.run_id, "run_name": run_name, "history": history,
                                "workdir": str(workdir), "images": len(rows)}

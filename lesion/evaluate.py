@@ -66,7 +66,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ds = SegmentationDataset(rows, data.cache)
         loader = DataLoader(ds, cfg.batch_size, shuffle=False)
         model, loader = accelerator.prepare(model, loader)
-        metrics, counts, index = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.tta)
+        metrics, counts, index = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.tta,
+                                           heartbeat=True)
         metrics[f"{prefix}/images"] = float(len(counts))  # scored once each: no padding duplicates, none dropped
         out: dict[str, Any] = {"metrics": metrics, "images": len(rows), "run_id": tracker.run_id}
         if main:

@@ -130,16 +130,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, batches_
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache: PreprocessCache,
              accelerator: Accelerator, prefix: str = "val", tta: bool = False,
-             progress: bool = True) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+             progress: bool = True, heartbeat: bool = False) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Metrics at each mask's original resolution, macro-averaged over images.
 
     Each process scores its own shard; gather_for_metrics joins the per-image
     confusion counts without the padding duplicates of the last batch.
     Returns (metrics, per-image counts, row indices), the arrays on every process.
+    In a log, heartbeat lines only with heartbeat=True (evaluate's whole split; not a validation inside an epoch).
     """
     model.eval()
     all_counts, all_index = [], []
-    for batch in bar(loader, prefix, enabled=progress and accelerator.is_main_process, unit="batch", heartbeat=False):
+    for batch in bar(loader, prefix, enabled=progress and accelerator.is_main_process, unit="batch",
+                     heartbeat=heartbeat):
         probs = predict_probabilities(model, batch["image"], tta)
         counts = []
         for prob, index in zip(probs, batch["index"].tolist()):

@@ -34,7 +34,7 @@ def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, bat
                  device: torch.device, progress: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(ds, batch_size, shuffle=False)
-    for batch in bar(loader, "write masks", enabled=progress, unit="batch"):
+    for batch in bar(loader, "write masks", enabled=progress, unit="batches"):
         probs = predict_probabilities(model, batch["image"].to(device), tta).cpu()
         for prob, index in zip(probs, batch["index"].tolist()):
             row = ds.rows[index]

@@ -104,7 +104,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     ds = _SafeImages([str(p) for p in images], size, None, cfg.max_pixels, skip_bad=cfg.skip_bad)
     loader = DataLoader(ds, cfg.batch_size, shuffle=False, collate_fn=_collate)
     written, skipped = 0, []
-    for batch in bar(loader, "predict", unit="batch"):
+    for batch in bar(loader, "predict", unit="batches"):
         skipped += batch["errors"]
         if batch["image"] is None:
             continue

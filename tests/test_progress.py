@@ -27,11 +27,11 @@ class Clock:
 def test_in_a_log_a_long_loop_prints_a_line_every_30_seconds_and_an_epoch_loop_none(monkeypatch, capsys):
     monkeypatch.setattr(progress, "on_terminal", lambda: False)
     monkeypatch.setattr(progress.time, "monotonic", Clock(10.0))  # each item takes 10 s
-    assert list(progress.bar(range(10), "pseudo-label", unit="batch")) == list(range(10))
+    assert list(progress.bar(range(10), "pseudo-label", unit="batches")) == list(range(10))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("[lesion] pseudo-label: 3/10 batch (30%), 30s so far, about 1m10s left")
+    assert lines[0].startswith("[lesion] pseudo-label: 3/10 batches (30%), 30s so far, about 1m10s left")
     assert [line.split(":")[1].split()[0] for line in lines] == ["3/10", "6/10", "9/10", "10/10"]
-    assert lines[-1].startswith("[lesion] pseudo-label: 10/10 batch done in")
+    assert lines[-1].startswith("[lesion] pseudo-label: 10/10 batches done in")
 
     looped = progress.bar(range(10), "teacher epoch 1/3", heartbeat=False)
     looped.set_postfix(loss="0.5")

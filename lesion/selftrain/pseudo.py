@@ -56,7 +56,7 @@ def pseudo_label(model: torch.nn.Module, rows: list[Row], cache: PreprocessCache
     loader = accelerator.prepare(DataLoader(ds, batch_size, shuffle=False))
     model.eval()
     stats: list[PseudoStats] = []
-    for batch in bar(loader, "pseudo-label", enabled=main, unit="batch"):
+    for batch in bar(loader, "pseudo-label", enabled=main, unit="batches"):
         probs = predict_probabilities(model, batch["image"], tta)[:, 0]
         confidence = torch.maximum(probs, 1 - probs).mean((1, 2))
         area = (probs >= 0.5).float().mean((1, 2))

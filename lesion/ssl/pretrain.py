@@ -239,7 +239,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 loader.set_epoch(epoch)
             model.train()
             sums, batches = torch.zeros(len(METRICS), device=accelerator.device), 0
-            steps = bar(loader, f"pretrain epoch {epoch + 1}/{train.epochs}", enabled=main, unit="batch",
+            steps = bar(loader, f"pretrain epoch {epoch + 1}/{train.epochs}", enabled=main, unit="batches",
                         heartbeat=False)
             for batch in steps:
                 with accelerator.accumulate(model):

@@ -140,7 +140,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache:
     """
     model.eval()
     all_counts, all_index = [], []
-    for batch in bar(loader, prefix, enabled=progress and accelerator.is_main_process, unit="batch",
+    for batch in bar(loader, prefix, enabled=progress and accelerator.is_main_process, unit="batches",
                      heartbeat=heartbeat):
         probs = predict_probabilities(model, batch["image"], tta)
         counts = []
@@ -253,8 +253,8 @@ def fit(
             generator.manual_seed(epoch_seed(seed, epoch))
         model.train()
         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-        batches = bar(train_loader, f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", enabled=main, unit="batch",
-                      heartbeat=False)
+        batches = bar(train_loader, f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", enabled=main,
+                      unit="batches", heartbeat=False)
         for batch in batches:
             with accelerator.accumulate(model):
                 logits = model(batch["image"])

@@ -17,7 +17,6 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from lesion.config import DataConfig, EvaluateConfig, to_flat
 from lesion.data.datasets import SegmentationDataset
@@ -27,6 +26,7 @@ from lesion.inference import final_mask, predict_probabilities
 from lesion.metrics import METRIC_NAMES, per_image_scores, resize_probabilities
 from lesion.models.io import load_model
 from lesion.outputs import check_out_dir, make_out_dir, save_png_inside
+from lesion.progress import bar
 from lesion.tracking import Tracker, write_json
 from lesion.train.engine import evaluate
 from lesion.train.finetune import claim_run, finish_run, fresh_workdir, shared_run_name
@@ -36,7 +36,7 @@ def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, bat
                  device: torch.device, progress: bool, postprocess: str) -> None:
     make_out_dir(out)
     loader = DataLoader(ds, batch_size, shuffle=False)
-    for batch in tqdm(loader, desc="write masks", leave=False, disable=not progress):
+    for batch in bar(loader, "write masks", enabled=progress, unit="batches"):
         probs = predict_probabilities(model, batch["image"].to(device), tta).cpu()
         for prob, index in zip(probs, batch["index"].tolist()):
             row = ds.rows[index]
@@ -74,7 +74,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         loader = DataLoader(ds, cfg.batch_size, shuffle=False)
         model, loader = accelerator.prepare(model, loader)
         result = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.tta,
-                          postprocess=postprocess)
+                          postprocess=postprocess, heartbeat=True)
         metrics, counts, index = result.metrics, result.counts, result.index
         metrics[f"{prefix}/images"] = float(len(counts))  # scored once each: no padding duplicates, none dropped
         out: dict[str, Any] = {"metrics": metrics, "images": len(rows), "run_id": tracker.run_id}

@@ -37,18 +37,41 @@ def _labelled(tile: np.ndarray, text: str) -> np.ndarray:
     return tile
 
 
+def _fitted_scale(text: str, width: int, scale: float) -> float:
+    """The largest font scale up to scale at which text fits in width pixels."""
+    while scale > 0.25 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width - 6:
+        scale *= 0.9
+    return scale
+
+
+def titled_grid(columns: list[list[np.ndarray]], titles: list[str], row_titles: list[str] | None = None) -> np.ndarray:
+    """Tiles (uint8 RGB, one list per column, one tile per row) under a band that names each column.
+
+    row_titles, if given, are written into the first tile of each row (an image id, a decision).
+    """
+    if len(titles) != len(columns):
+        raise ValueError(f"{len(columns)} columns but {len(titles)} titles")
+    if row_titles:
+        columns = [[_labelled(tile, text) for tile, text in zip(columns[0], row_titles)], *columns[1:]]
+    grid = np.concatenate([np.concatenate(row, axis=1) for row in zip(*columns)], axis=0)
+    widths = [column[0].shape[1] for column in columns]
+    scale = max(0.35, columns[0][0].shape[0] / 400)
+    band = np.full((int(24 * scale / 0.35), grid.shape[1], 3), 40, np.uint8)
+    x = 0
+    for title, width in zip(titles, widths):
+        fitted = _fitted_scale(title, width, scale)
+        cv2.putText(band, title, (x + 4, int(band.shape[0] * 0.7)), cv2.FONT_HERSHEY_SIMPLEX, fitted,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        x += width
+    return np.concatenate([band, grid], axis=0)
+
+
 def overlay_grid(images: list[np.ndarray], truths: list[np.ndarray], preds: list[np.ndarray],
                  titles: list[str] | None = None) -> np.ndarray:
-    """One row per example: image | ground truth | prediction (contours: truth green, prediction red)."""
-    rows = []
-    for i, (image, truth, pred) in enumerate(zip(images, truths, preds)):
-        title = titles[i] if titles else ""
-        rows.append(np.concatenate([
-            _labelled(image, title),
-            _labelled(overlay(image, truth=truth), "truth"),
-            _labelled(overlay(image, pred=pred, truth=truth), "prediction"),
-        ], axis=1))
-    return np.concatenate(rows, axis=0)
+    """One row per example: image | truth | prediction, titled (contours: truth green, prediction red)."""
+    return titled_grid([list(images), [overlay(im, truth=t) for im, t in zip(images, truths)],
+                        [overlay(im, pred=p, truth=t) for im, p, t in zip(images, preds, truths)]],
+                       ["image", "truth", "prediction"], titles)
 
 
 def learning_curves(history: list[dict[str, float]], title: str = "") -> plt.Figure:

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from lesion.config import PredictConfig
 from lesion.data.datasets import ImageDataset
@@ -21,6 +20,7 @@ from lesion.metrics import resize_probabilities
 from lesion.models.io import load_model, model_config_from_meta
 from lesion.outputs import check_out_dir, make_out_dir, save_png_inside
 from lesion.plots import overlay
+from lesion.progress import bar
 
 PREVIEW_SIDE = 1024  # overlays are for looking at: keep them screen-sized
 
@@ -128,7 +128,7 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
                      color_constancy=conventions.color_constancy)
     loader = DataLoader(ds, cfg.batch_size, shuffle=False, collate_fn=_collate)
     written, skipped, reports = 0, [], []
-    for batch in tqdm(loader, desc="predict", unit="batch"):
+    for batch in bar(loader, "predict", unit="batches"):
         skipped += batch["errors"]
         if batch["image"] is None:
             continue

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 
 from lesion.config import parse_value
 from lesion.errors import ConfigError
+from lesion.progress import quiet_library_bars
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 SEGMENTER = "lesion-segmenter"
@@ -46,6 +47,7 @@ def configure_tracking() -> str:
     import mlflow
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    quiet_library_bars()
     mlflow.set_tracking_uri(uri)
     # mlflow run passes the registry of its own session; keep it consistent.
     if not os.environ.get("MLFLOW_REGISTRY_URI"):
@@ -478,6 +480,60 @@ def log_segmenter(model_dir: str | Path, example_png: bytes, tracker: Tracker, n
         code_paths=[str(Path(__file__).resolve().parent)],
     )
     return info.model_uri
+
+
+def logged_location(uri: str) -> str | None:
+    """Where the artifacts of a logged model (models:/m-...) or of a run (runs:/ID[/path]) are stored, or None."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        if uri.startswith("models:/m-"):
+            return MlflowClient().get_logged_model(uri.removeprefix("models:/")).artifact_location
+        if uri.startswith("runs:/"):
+            run_id, _, path = uri.removeprefix("runs:/").partition("/")
+            return MlflowClient().get_run(run_id).info.artifact_uri.rstrip("/") + (f"/{path}" if path else "")
+    except MlflowException:
+        return None
+    return None
+
+
+def share_logged_copy(folder: str | Path, uri: str, min_bytes: int = 1 << 20) -> int:
+    """Hard-link folder's large files to their byte-identical copies logged at uri; returns the bytes saved.
+
+    With a local artifact store (the default ./mlruns next to sqlite:///mlflow.db) MLflow
+    copies every logged model: without this, each stage's weights sit twice on one disk.
+    Nothing writes these files in place afterwards (save_model writes a new file and
+    renames it), so the shared bytes are never changed under the registry. A remote
+    store, another disk or a different file leaves the folder as it is.
+    """
+    import filecmp
+
+    location = logged_location(uri)
+    if location is None or ("://" in location and not location.startswith("file:")):
+        return 0
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    root = Path(local_file_uri_to_path(location))
+    saved = 0
+    for ours in Path(folder).iterdir():
+        if not ours.is_file() or ours.stat().st_size < min_bytes:
+            continue
+        for theirs in root.rglob(ours.name):
+            if os.path.samefile(ours, theirs):
+                break
+            if filecmp.cmp(ours, theirs, shallow=False):
+                tmp = ours.with_name(f".{ours.name}.link")
+                try:
+                    tmp.unlink(missing_ok=True)
+                    os.link(theirs, tmp)
+                    os.replace(tmp, ours)
+                except OSError:  # another file system, or links not allowed: keep the copy
+                    tmp.unlink(missing_ok=True)
+                    break
+                saved += ours.stat().st_size
+                break
+    return saved
 
 
 def register(model_uri: str, name: str, tags: dict[str, Any]) -> str:

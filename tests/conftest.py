@@ -1,10 +1,17 @@
-"""Shared fixtures: every test gets its own MLflow store; the preprocessing cache is shared per session."""
+"""Shared fixtures: every test gets its own MLflow store; the preprocessing cache is shared per session;
+a throwaway PostgreSQL server for the distributed tests."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -37,3 +44,47 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("MLFLOW_RUN_ID", None)
     env.update(extra)
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres_server() -> Callable[[str], str]:
+    """A throwaway PostgreSQL server on loopback, owned by the postgres user: database name -> a new database's URL.
+
+    Missing PostgreSQL skips the test, except under CI (CI=1), where it fails.
+    """
+    bin_dir = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"))), None)
+    if bin_dir is None or shutil.which("runuser") is None:
+        message = "PostgreSQL is not installed (make test installs Debian's postgresql package where it can)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    # pytest's tmp folders are private to root; the server runs as postgres in a folder of its own.
+    pg = Path(tempfile.mkdtemp(prefix="lesion-pg-"))
+    shutil.chown(pg, "postgres")
+    port = free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, f"{bin_dir}/initdb", "-D", str(pg / "data"), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_pg, f"{bin_dir}/pg_ctl", "-D", str(pg / "data"), "-l", str(pg / "log"), "-w", "start",
+                    "-o", f"-p {port} -k {pg} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
+
+    def database(name: str) -> str:
+        subprocess.run([*as_pg, f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), name], check=True,
+                       capture_output=True)
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield database
+    finally:
+        subprocess.run([*as_pg, f"{bin_dir}/pg_ctl", "-D", str(pg / "data"), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(pg, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(postgres_server) -> str:
+    """An empty `optuna` database on a throwaway PostgreSQL server."""
+    return postgres_server("optuna")

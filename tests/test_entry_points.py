@@ -94,11 +94,21 @@ def test_two_processes_train_together_and_evaluate_like_one(tmp_path, tracking):
 
 @pytest.mark.slow
 def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking):
-    """The main job as `make demo` runs it: each stage a child of the run that `mlflow run` opened."""
-    log = run([str(BIN / "mlflow"), "run", str(REPO), "-e", "selftrain", "--env-manager", "local",
-               "--experiment-name", "demo", "-P", "data=synthetic:n=24,size=64,seed=5", "-P", "epochs=1",
-               "-P", "iterations=1", "-P", "label_fraction=0.5", "-P", "min_confidence=0.5",
-               "-P", f"output_dir={tmp_path / 'out'}"], cwd=tmp_path)
+    """The main job as `make demo` runs it, its output to a file as under CI or nohup: each stage a child of the
+    run that `mlflow run` opened, and a log a person can read (one line per epoch, no progress bars)."""
+    cmd = [str(BIN / "mlflow"), "run", str(REPO), "-e", "selftrain", "--env-manager", "local",
+           "--experiment-name", "demo", "-P", "data=synthetic:n=24,size=64,seed=5", "-P", "epochs=2",
+           "-P", "iterations=1", "-P", "label_fraction=0.5", "-P", "min_confidence=0.5",
+           "-P", f"output_dir={tmp_path / 'out'}"]
+    with open(tmp_path / "log.txt", "w") as fh:
+        code = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), stdout=fh, stderr=subprocess.STDOUT,
+                              timeout=600).returncode
+    log = (tmp_path / "log.txt").read_text()
+    assert code == 0, log[-4000:]
+    assert "\r" not in log, "progress bars in a log file"
+    for stage in ("teacher", "student"):
+        epoch_lines = [line for line in log.splitlines() if f"{stage} epoch " in line]
+        assert [line.split(f"{stage} epoch ")[1].split()[0] for line in epoch_lines] == ["1/2", "2/2"], log[-4000:]
     client = MlflowClient()
     experiment = client.get_experiment_by_name("demo")
     runs = client.search_runs([experiment.experiment_id])
@@ -108,6 +118,9 @@ def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking
     assert set(children) == {"teacher", "pseudo1", "student1"}
     teacher_pictures = [a.path for a in client.list_artifacts(children["teacher"].info.run_id, "pictures")]
     assert teacher_pictures, "the teacher's pictures belong to the teacher's run"
+    stage_dirs = [tmp_path / "out" / "selftrain" / parents[0].data.tags["lesion.run_name"] / s for s in ("teacher", "student1")]
+    assert all((d / "best" / "model.safetensors").is_file() for d in stage_dirs)
+    assert not [d for d in stage_dirs if (d / "state").exists()], "finished stages keep no resume state"
 
 
 @pytest.mark.parametrize("entry", ["tune", "predict", "export", "report", "sweep"])

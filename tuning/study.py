@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -206,7 +207,9 @@ class Study:
                            ("param_importances", ov.plot_param_importances), ("slice", ov.plot_slice),
                            ("contour", ov.plot_contour), ("intermediate_values", ov.plot_intermediate_values)):
             try:
-                axes = plot(self.study)
+                with warnings.catch_warnings():  # "... is experimental": one warning per plot, nothing to act on
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    axes = plot(self.study)
             except Exception as err:  # too few finished trials for this plot yet
                 self.tracker.log_text(f"{name}: not drawn ({err})\n", f"tune/plots/{name}.txt")
                 continue

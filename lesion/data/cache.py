@@ -20,10 +20,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from lesion.data.io import load_pair
 from lesion.errors import DataError
+from lesion.progress import bar
 
 CACHE_VERSION = "2"  # 2: masks read at their own bit depth (16-bit 0/1, palette indices)
 
@@ -127,7 +127,7 @@ class PreprocessCache:
 
         with ThreadPoolExecutor(workers) as pool:
             results = pool.map(one, pairs)
-            for i, result in enumerate(tqdm(results, total=len(pairs), desc=desc, disable=not progress, leave=False)):
+            for i, result in enumerate(bar(results, desc, total=len(pairs), enabled=progress, unit="images")):
                 if isinstance(result, DataError):
                     if not skip_bad:
                         raise result

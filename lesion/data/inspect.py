@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from lesion.data.io import LESION_ABOVE, load_pair, read_header
 from lesion.data.sources import Record, default_cache_dir, discover, discover_unlabeled
 from lesion.errors import DataError
+from lesion.progress import bar
 
 MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "1": "1-bit", "P": "palette", "PA": "palette+alpha",
               "RGBA": "RGBA", "CMYK": "CMYK", "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV",
@@ -165,8 +165,7 @@ def inspect_data(data: str, unlabeled: str = "", cache_dir: str | Path | None = 
     image_modes, mask_modes = Counter(), Counter()
     with ThreadPoolExecutor(2) as threads:
         results = threads.map(lambda job: _check(job[0], max_pixels), jobs)
-        for (record, group), checked in tqdm(zip(jobs, results), total=len(jobs), desc="inspect", unit="image",
-                                             leave=False):
+        for (record, group), checked in bar(zip(jobs, results), "inspect", total=len(jobs), unit="images"):
             report.images += 1
             report.masks += record.mask is not None
             if checked.error:

@@ -260,24 +260,29 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
 
 
 def _pseudo_picture(stats: list[PseudoStats], selection, data: PreparedData, count: int = 4) -> np.ndarray | None:
-    """Pseudo-labels over their images: kept ones first, then dropped ones, each titled with its decision."""
+    """Image | pseudo-label | the teacher's probability, kept ones first, then dropped ones, each with its decision.
+
+    A pseudo-label is the teacher's guess, not ground truth: it is drawn as a prediction (red).
+    """
     from lesion.data.datasets import load_pseudo_label
-    from lesion.plots import overlay_grid
+    from lesion.plots import overlay, titled_grid
 
     kept = {s.id for s in selection.kept}
     shown = sorted(stats, key=lambda s: s.id not in kept)[:count]
     if not shown:
         return None
     images = [data.cache.load(s.image, None).image for s in shown]
-    masks = [load_pseudo_label(s.file) >= 0.5 for s in shown]
-    return overlay_grid(images, masks, masks, titles=[f"{s.id} {'kept' if s.id in kept else 'dropped'} "
-                                                      f"conf {s.mean_confidence:.2f}" for s in shown])
+    probs = [load_pseudo_label(s.file) for s in shown]
+    grey = [np.repeat((p * 255).round().astype(np.uint8)[..., None], 3, axis=2) for p in probs]
+    return titled_grid([images, [overlay(im, pred=p >= 0.5) for im, p in zip(images, probs)], grey],
+                       ["image", "pseudo-label", "probability"],
+                       [f"{s.id} {'kept' if s.id in kept else 'dropped'} conf {s.mean_confidence:.2f}" for s in shown])
 
 
 def _log_comparison(history: list[StageRecord], data: PreparedData, tracker: Tracker, count: int = 4) -> None:
     """Bars of val Jaccard/Dice per stage, and the same validation images across the stages."""
     from lesion.inference import predict_images
-    from lesion.plots import overlay, stage_comparison
+    from lesion.plots import overlay, stage_comparison, titled_grid
 
     names = [r.name for r in history]
     figure = stage_comparison(names, {"val/jaccard": [r.outputs["val_jaccard"] for r in history],
@@ -291,5 +296,5 @@ def _log_comparison(history: list[StageRecord], data: PreparedData, tracker: Tra
         model, _ = load_model(r.outputs["best_dir"])
         probs = predict_images(model, images, data.image_size, color_constancy=model.config.color_constancy)
         columns.append([overlay(im, pred=p >= 0.5, truth=t) for im, p, t in zip(images, probs, truths)])
-    grid = np.concatenate([np.concatenate(row, axis=1) for row in zip(*columns)], axis=0)
+    grid = titled_grid(columns, ["truth", *names], [r.id for r in val])
     tracker.log_image(grid, "pictures/stages_" + "_".join(n.replace("*", "star") for n in ["truth", *names]) + ".png")

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from lesion.data.cache import PreprocessCache
 from lesion.data.datasets import ImageDataset, load_pseudo_label
 from lesion.data.splits import Row
 from lesion.inference import predict_probabilities
+from lesion.progress import bar
 
 STATS = "stats.csv"
 DECISIONS = "pseudo_labels.csv"
@@ -57,7 +57,7 @@ def pseudo_label(model: torch.nn.Module, rows: list[Row], cache: PreprocessCache
     loader = accelerator.prepare(DataLoader(ds, batch_size, shuffle=False))
     model.eval()
     stats: list[PseudoStats] = []
-    for batch in tqdm(loader, desc="pseudo-label", disable=not main, leave=False):
+    for batch in bar(loader, "pseudo-label", enabled=main, unit="batches"):
         probs = predict_probabilities(model, batch["image"], tta)[:, 0]
         confidence = torch.maximum(probs, 1 - probs).mean((1, 2))
         area = (probs >= 0.5).float().mean((1, 2))

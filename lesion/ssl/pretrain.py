@@ -43,7 +43,6 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from lesion.config import NoiseConfig, PretrainConfig, SSLConfig, to_flat
 from lesion.data.datasets import ImageDataset, epoch_seed, seed_worker, worker_seed
@@ -51,11 +50,12 @@ from lesion.data.prepare import prepare_data, resolve_image_size
 from lesion.data.transforms import denormalize, plain_transform
 from lesion.errors import ConfigError, DataError, TrainingError
 from lesion.models.io import save_encoder
+from lesion.progress import bar, say
 from lesion.ssl.losses import EmbeddingQueue, info_nce, place_loss, reconstruction_loss, tile_info_nce
 from lesion.ssl.model import JigsawAutoEncoder
 from lesion.ssl.puzzles import assemble, make_puzzle
-from lesion.tracking import ENCODER, Tracker, set_alias, write_json
-from lesion.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
+from lesion.tracking import ENCODER, Tracker, set_alias, share_logged_copy, write_json
+from lesion.train.checkpoint import finish, finished, load_checkpoint, load_extra, save_checkpoint
 from lesion.train.engine import build_optimizer, build_scheduler, make_accelerator, resolve_mixed_precision, resolve_workers
 from lesion.train.finetune import claim_run, finish_run, fresh_workdir, shared_run_name
 
@@ -129,10 +129,11 @@ class PuzzleDataset(Dataset):
         return {"image": image, "puzzle": puzzle[0], "perms": perms[0], "index": index}
 
 
-def picture(*columns: torch.Tensor) -> np.ndarray:
-    """One row per image, one column per (B, C, H, W) batch: original | puzzle | reconstruction [| assembly] (uint8)."""
-    rows = [np.concatenate([denormalize(t.float().cpu().numpy()) for t in row], 1) for row in zip(*columns)]
-    return np.concatenate(rows, 0)
+def picture(columns: list[torch.Tensor], titles: list[str]) -> np.ndarray:
+    """One row per image, one titled column per (B, C, H, W) batch: image | puzzle | reconstruction [| assembled]."""
+    from lesion.plots import titled_grid
+
+    return titled_grid([[denormalize(t.float().cpu().numpy()) for t in column] for column in columns], titles)
 
 
 def loss_curves(history: list[dict[str, float]]):
@@ -162,6 +163,7 @@ def register_encoder(tracker: Tracker, folder: Path, tags: dict[str, Any]) -> st
     if "lesion.encoder_version" in done:  # registered before a crash: never twice
         return done["lesion.encoder_version"]
     tracker.log_artifact(folder, "encoder")
+    share_logged_copy(folder, f"runs:/{tracker.run_id}/encoder")  # a local store holds the weights once
     client = MlflowClient()
     try:
         client.create_registered_model(ENCODER)
@@ -215,13 +217,15 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         accelerator.free_memory()  # only this stage's objects in save_state/load_state
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         queue = EmbeddingQueue(ssl.queue_size, ssl.projection_dim, accelerator.device)
-        progress = load_checkpoint(accelerator, workdir) or {"epoch": -1, "step": 0, "history": []}
+        # finished: the epochs ran before a later crash (saving, registering), and the encoder is on disk.
+        done = finished(workdir)
+        progress = done or load_checkpoint(accelerator, workdir) or {"epoch": -1, "step": 0, "history": []}
         if "queue" in (extra := load_extra(workdir)):
             queue.load_state_dict({"items": extra["queue"]})
         history: list[dict[str, float]] = progress["history"]
         step = progress["step"]
-        if history and main:
-            tqdm.write(f"[lesion] resuming pretraining at epoch {progress['epoch'] + 2} from {workdir}")
+        if history and main and done is None:
+            say(f"[lesion] resuming pretraining at epoch {progress['epoch'] + 2} from {workdir}")
         for record in history:  # re-log what a crash kept out of MLflow (steps already there are skipped)
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
         # Fixed, unaugmented images and puzzles: the pictures of every epoch are comparable.
@@ -239,8 +243,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 loader.set_epoch(epoch)
             model.train()
             sums, batches = torch.zeros(len(METRICS), device=accelerator.device), 0
-            bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{train.epochs}", leave=False, disable=not main)
-            for batch in bar:
+            steps = bar(loader, f"pretrain epoch {epoch + 1}/{train.epochs}", enabled=main, unit="batches",
+                        heartbeat=False)
+            for batch in steps:
                 with accelerator.accumulate(model):
                     outputs = model(batch["image"], batch["puzzle"])
                     rec = reconstruction_loss(outputs.reconstruction, batch["image"])
@@ -260,7 +265,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 sums += torch.stack([loss, rec, inv, tile_inv, place, accuracy]).detach()
                 batches += 1
                 step += int(accelerator.sync_gradients)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+                steps.set_postfix(loss=f"{loss.item():.3f}")
                 if train.max_steps and step >= train.max_steps:
                     break
             means = accelerator.reduce(sums / max(1, batches), reduction="mean").tolist()
@@ -271,27 +276,30 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                             extra={"queue": queue.state_dict()["items"]})
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
             if main:
-                tqdm.write(f"[lesion] pretrain epoch {epoch + 1}/{train.epochs} loss {means[0]:.4f} "
-                           f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f}, tile invariance {means[3]:.4f}, "
-                           f"place {means[4]:.4f}, tiles placed right {means[5]:.0%})")
+                say(f"[lesion] pretrain epoch {epoch + 1}/{train.epochs} loss {means[0]:.4f} "
+                    f"(reconstruction {means[1]:.4f}, invariance {means[2]:.4f}, tile invariance {means[3]:.4f}, "
+                    f"place {means[4]:.4f}, tiles placed right {means[5]:.0%})")
                 last = epoch == train.epochs - 1 or bool(train.max_steps and step >= train.max_steps)
                 if last or (train.picture_every and (epoch + 1) % train.picture_every == 0):
                     net = accelerator.unwrap_model(model).eval()
                     with torch.no_grad():
                         rebuilt, places = net.solve(shown_puzzles.to(accelerator.device))
-                    columns = [shown_images, shown_puzzles, rebuilt]
+                    columns, titles = [shown_images, shown_puzzles, rebuilt], ["image", "puzzle", "reconstruction"]
                     if ssl.place_weight > 0:  # the tiles where the network places them
                         columns.append(dataset.assemble(shown_puzzles, places))
-                    tracker.log_image(picture(*columns), f"pictures/puzzles_epoch_{epoch + 1:03d}.png")
+                        titles.append("tiles placed")
+                    tracker.log_image(picture(columns, titles), f"pictures/puzzles_epoch_{epoch + 1:03d}.png")
 
         out: dict[str, Any] = {"run_id": tracker.run_id, "run_name": run_name, "history": history,
                                "workdir": str(workdir), "images": len(rows)}
         if main and history:
             tracker.log_figure(loss_curves(history), "plots/pretrain_curves.png")
-            encoder = accelerator.unwrap_model(model).encoder
-            folder = save_encoder(encoder, ssl.encoder, workdir / "encoder", image_size=data.image_size,
-                                  epochs=len(history), data=cfg.data.data, run_id=tracker.run_id,
-                                  color_constancy=ssl.color_constancy)
+            folder = workdir / "encoder"
+            if done is None:  # else the model is fresh: the trained encoder is the one saved before
+                folder = save_encoder(accelerator.unwrap_model(model).encoder, ssl.encoder, folder,
+                                      image_size=data.image_size, epochs=len(history), data=cfg.data.data,
+                                      run_id=tracker.run_id,
+                                      color_constancy=ssl.color_constancy)
             out["encoder_dir"] = str(folder)
             if cfg.run.register and tracker.active:
                 out["version"] = register_encoder(tracker, folder, {
@@ -300,5 +308,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 print(f"[lesion] registered {ENCODER} v{out['version']} (alias ssl); fine-tune from it with "
                       f"--encoder_init models:/{ENCODER}@ssl --encoder {ssl.encoder}")
             write_json(workdir / "result.json", {k: v for k, v in out.items() if k != "history"})
+        # The encoder is saved: the resume state (model, decoder, optimizer, queue) is no longer needed.
+        finish(accelerator, workdir, {"epoch": history[-1]["epoch"] if history else -1, "step": step,
+                                      "history": history})
         finish_run(accelerator, tracker, workdir, run_name)
     return out

@@ -6,6 +6,11 @@ e.g. the SSL memory queue: never pickled, so loading needs no unpickling of
 custom objects), then `progress.json` (epoch, history, best score) last, and
 swaps the folder into `state/`. A crash at any point leaves a complete
 `state/` or a complete `state-next/`, never a torn one.
+
+When the training is over, finish() keeps the final progress as
+`trained.json` and deletes the state (for AdamW three times the model:
+weights, two moments): a stage re-entered after a later crash (while logging,
+registering) reads its result from there instead of training again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from lesion.tracking import write_json
 
 PROGRESS = "progress.json"
 EXTRA = "extra.safetensors"
+TRAINED = "trained.json"  # training over (resume state dropped); runs.FINISHED marks the whole run
 
 
 def latest_state(workdir: str | Path) -> Path | None:
@@ -69,3 +75,19 @@ def load_extra(workdir: str | Path) -> dict[str, torch.Tensor]:
     if state is None or not (state / EXTRA).is_file():
         return {}
     return load_file(str(state / EXTRA))
+
+
+def finish(accelerator: Accelerator, workdir: str | Path, progress: dict[str, Any]) -> None:
+    """The training in workdir is over: record its final progress, then drop the resume state."""
+    workdir = Path(workdir)
+    if accelerator.is_main_process:
+        write_json(workdir / TRAINED, progress)  # first: a crash in between leaves both, never neither
+        for name in ("state", "state-next"):
+            shutil.rmtree(workdir / name, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def finished(workdir: str | Path) -> dict[str, Any] | None:
+    """The final progress of a training that finished in workdir, or None."""
+    path = Path(workdir) / TRAINED
+    return json.loads(path.read_text()) if path.is_file() else None

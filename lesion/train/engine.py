@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +24,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from lesion.config import TrainConfig
 from lesion.data.cache import PreprocessCache
@@ -33,8 +33,9 @@ from lesion.errors import TrainingError
 from lesion.inference import predict_probabilities, score_prediction
 from lesion.metrics import per_image_scores, summarize
 from lesion.models.io import save_model
+from lesion.progress import bar, say
 from lesion.tracking import Tracker
-from lesion.train.checkpoint import load_checkpoint, load_extra, save_checkpoint
+from lesion.train.checkpoint import finish, finished, load_checkpoint, load_extra, save_checkpoint
 from lesion.train.ema import WeightEMA
 from lesion.train.losses import segmentation_loss
 
@@ -70,6 +71,13 @@ class FitResult:
     last_dir: Path
     stopped_early: bool = False
     extra: dict = field(default_factory=dict)
+
+
+def finished_result(workdir: Path, progress: dict) -> FitResult:
+    """The result of a finished fit from its final progress (`last` is `best` when it was the best epoch)."""
+    last = workdir / "last"
+    return FitResult(progress["best_score"], progress["best_epoch"], progress["history"], workdir / "best",
+                     last if last.is_dir() else workdir / "best", progress.get("stopped_early", False))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -131,18 +139,20 @@ class Evaluation:
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache: PreprocessCache,
              accelerator: Accelerator, prefix: str = "val", tta: bool = False,
-             progress: bool = True, postprocess: str | None = None) -> Evaluation:
+             progress: bool = True, postprocess: str | None = None, heartbeat: bool = False) -> Evaluation:
     """Metrics at each mask's original resolution, macro-averaged over images.
 
     Masks are scored as users get them: thresholded, then post-processed (postprocess=None:
     the model's own setting). Each process scores its own shard; gather_for_metrics joins
     the per-image counts without the padding duplicates of the last batch. The arrays are
-    on every process.
+    on every process. In a log, heartbeat lines only with heartbeat=True (evaluate's whole split; not a
+    validation inside an epoch).
     """
     model.eval()
     postprocess = accelerator.unwrap_model(model).config.postprocess if postprocess is None else postprocess
     all_scores, all_index = [], []
-    for batch in tqdm(loader, desc=f"{prefix}", leave=False, disable=not (progress and accelerator.is_main_process)):
+    for batch in bar(loader, prefix, enabled=progress and accelerator.is_main_process, unit="batches",
+                     heartbeat=heartbeat):
         with accelerator.autocast():  # also for a model Accelerate did not prepare (the weight EMA)
             probs = predict_probabilities(model, batch["image"], tta)
         scores = [score_prediction(prob[0], cache.original_mask(rows[index].image, rows[index].mask), postprocess)
@@ -211,6 +221,10 @@ def fit(
 ) -> FitResult:
     workdir = Path(workdir)
     main = accelerator.is_main_process
+    if (done := finished(workdir)) is not None:  # trained before a later crash (logging, registering)
+        if main:
+            say(f"[lesion] {stage or 'training'} finished its epochs before; using {workdir / 'best'}")
+        return finished_result(workdir, done)
     set_seed(seed, deterministic=not torch.cuda.is_available())
 
     optimizer = build_optimizer(model, cfg)
@@ -243,7 +257,7 @@ def fit(
         history, best_score, best_epoch = progress["history"], progress["best_score"], progress["best_epoch"]
         bad_epochs, step, start_epoch = progress["bad_epochs"], progress["step"], progress["epoch"] + 1
         if main:
-            tqdm.write(f"[lesion] resuming {stage or 'training'} at epoch {start_epoch + 1} from {workdir}")
+            say(f"[lesion] resuming {stage or 'training'} at epoch {start_epoch + 1} from {workdir}")
         for record in history:  # re-log anything a crash kept out of MLflow (steps already there are skipped)
             tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
 
@@ -261,8 +275,9 @@ def fit(
             generator.manual_seed(epoch_seed(seed, epoch))
         model.train()
         loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-        bar = tqdm(train_loader, desc=f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not main)
-        for batch in bar:
+        batches = bar(train_loader, f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", enabled=main,
+                      unit="batches", heartbeat=False)
+        for batch in batches:
             with accelerator.accumulate(model):
                 logits = model(batch["image"])
                 loss = segmentation_loss(cfg.loss, logits, batch["target"], batch["valid"])
@@ -279,7 +294,7 @@ def fit(
                 step += 1
                 if ema is not None:
                     ema.update(accelerator.unwrap_model(model))
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            batches.set_postfix(loss=f"{loss.item():.3f}")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         train_loss = accelerator.reduce(loss_sum / max(1, loss_count), reduction="mean").item()
@@ -307,9 +322,9 @@ def fit(
         patience_out = bool(cfg.patience and bad_epochs >= cfg.patience)
         final = epoch == cfg.epochs - 1 or patience_out or bool(cfg.max_steps and step >= cfg.max_steps)
         if main:
-            tqdm.write(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "
-                       f"val/jaccard {metrics['val/jaccard']:.4f} val/dice {metrics['val/dice']:.4f}"
-                       + (" *" if improved else ""))
+            say(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "
+                f"val/jaccard {metrics['val/jaccard']:.4f} val/dice {metrics['val/dice']:.4f}"
+                + (" *" if improved else ""))
             # The final picture also when training ends early.
             if picture_indices and (final or (cfg.picture_every and (epoch + 1) % cfg.picture_every == 0)):
                 tracker.log_image(_picture(unwrapped, val_ds, picture_indices, accelerator.device),
@@ -319,12 +334,16 @@ def fit(
         if patience_out:
             stopped_early = True
             if main:
-                tqdm.write(f"[lesion] early stop: no better val/jaccard for {cfg.patience} epochs")
+                say(f"[lesion] early stop: no better val/jaccard for {cfg.patience} epochs")
             break
 
     if main and history:
         from lesion.plots import learning_curves
 
         tracker.log_figure(learning_curves(history, stage), f"plots/{stage + '_' if stage else ''}learning_curves.png")
-    accelerator.wait_for_everyone()
-    return FitResult(best_score, best_epoch, history, workdir / "best", workdir / "last", stopped_early)
+        if history[-1]["epoch"] == best_epoch:
+            shutil.rmtree(workdir / "last", ignore_errors=True)  # the same weights as best/
+    # The resume state is no longer needed (finish waits for every process).
+    final = {"history": history, "best_score": best_score, "best_epoch": best_epoch, "stopped_early": stopped_early}
+    finish(accelerator, workdir, final)
+    return finished_result(workdir, final)

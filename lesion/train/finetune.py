@@ -23,7 +23,8 @@ from lesion.inference import image_png
 from lesion.models import build_model
 from lesion.models.io import init_encoder, load_model
 from lesion.runs import check_not_finished, default_run_name, mark_finished, run_lock, stage_dir
-from lesion.tracking import SEGMENTER, Tracker, alias_version, log_segmenter, register, set_alias, write_json
+from lesion.tracking import (SEGMENTER, Tracker, alias_version, log_segmenter, register, set_alias, share_logged_copy,
+                             write_json)
 from lesion.train.engine import (FitResult, fit, make_accelerator, resolve_mixed_precision, resolve_workers,
                                  score_rows)
 
@@ -177,6 +178,7 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
             example = val_ds.cache.load(val_rows[0].image, None).image
             model_uri = log_segmenter(result.best_dir, image_png(example), tracker)
             tracker.set_tags({"lesion.model_uri": model_uri})
+            share_logged_copy(result.best_dir, model_uri)  # a local store holds the weights once, not twice
             if cfg.run.register:
                 tags = {"role": role, "label_fraction": cfg.data.label_fraction, "data": cfg.data.data,
                         "parent_run": done.get("mlflow.parentRunId", tracker.run_id),  # selftrain: its parent

@@ -115,12 +115,16 @@ def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
         time.sleep(0.5)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    stages = tmp_path / "outputs" / "selftrain" / "crash"
+    assert not (stages / "teacher" / "state").exists(), "a finished stage drops its resume state"
+    assert (stages / "teacher" / "best" / "model.safetensors").is_file(), "and keeps what the next stages read"
 
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert "stage teacher: finished" in log and "stage pseudo1: finished" in log
     assert "resuming student at epoch" in log
+    assert not list(stages.rglob("state")), "no resume state left once every stage has finished"
 
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
@@ -163,3 +167,85 @@ def test_when_every_pseudo_label_is_dropped_the_error_says_what_to_change(tmp_pa
         run_selftrain(tiny(tmp_path, iterations=1, min_confidence=0.9999, register="false"))
     pictures = list((tmp_path / "outputs").rglob("pseudo_labels.csv"))
     assert pictures, "the decisions are still written, to see why"
+
+
+class PictureTracker:
+    def __init__(self):
+        self.images: dict[str, object] = {}
+
+    def log_image(self, image, path):
+        self.images[path] = image
+
+    def log_figure(self, figure, path):
+        pass
+
+
+@pytest.fixture
+def titles_drawn(monkeypatch):
+    """The column titles every grid is drawn with."""
+    import lesion.plots as plots
+
+    drawn, real = [], plots.titled_grid
+
+    def spy(columns, titles, row_titles=None):
+        drawn.append(list(titles))
+        return real(columns, titles, row_titles)
+
+    monkeypatch.setattr(plots, "titled_grid", spy)
+    return drawn
+
+
+def tiny_data(tmp_path, cache_dir):
+    from lesion.config import DataConfig
+    from lesion.data.prepare import prepare_data
+
+    cfg = DataConfig(data="synthetic:n=24,size=64,seed=5", label_fraction=0.5, cache_dir=str(cache_dir))
+    return prepare_data(cfg, 0, tmp_path, progress=False)
+
+
+def has_title_band(picture, rows: int, columns: int, tile: int = 64) -> bool:
+    band = picture[: picture.shape[0] - rows * tile]
+    return (picture.shape == (band.shape[0] + rows * tile, columns * tile, 3) and band.shape[0] > 0
+            and all((band[:, c * tile:(c + 1) * tile] > 200).any() for c in range(columns)))
+
+
+def test_the_stage_comparison_names_its_columns(tmp_path, cache_dir, monkeypatch, titles_drawn):
+    import numpy as np
+
+    import lesion.inference
+    import lesion.selftrain.loop as loop
+
+    data = tiny_data(tmp_path, cache_dir)
+    monkeypatch.setattr(loop, "load_model", lambda source: (source, {}))  # predictions need no trained model here
+    monkeypatch.setattr(lesion.inference, "predict_images",
+                        lambda model, images, size: [np.full(im.shape[:2], 0.9, np.float32) for im in images])
+    history = [loop.StageRecord(name, {"best_dir": name, "val_jaccard": 0.5, "val_dice": 0.6})
+               for name in ("teacher", "student", "student*")]
+    tracker = PictureTracker()
+    loop._log_comparison(history, data, tracker)
+    picture = tracker.images["pictures/stages_truth_teacher_student_studentstar.png"]
+    assert titles_drawn == [["truth", "teacher", "student", "student*"]]
+    assert has_title_band(picture, rows=4, columns=4), "a band above the images names each column"
+
+
+def test_the_pseudo_label_picture_does_not_call_a_pseudo_label_truth(tmp_path, cache_dir, titles_drawn):
+    import numpy as np
+
+    from lesion.data.splits import unlabelled_pool
+    from lesion.plots import GREEN, RED
+    from lesion.selftrain.loop import _pseudo_picture
+    from lesion.selftrain.pseudo import write_probability
+
+    data = tiny_data(tmp_path, cache_dir)
+    stats = []
+    for i, row in enumerate(unlabelled_pool(data.rows)[:3]):
+        prob = np.zeros((64, 64), np.uint8)
+        prob[16:48, 16:48] = 240
+        write_probability(tmp_path / f"{row.id}.png", prob)
+        stats.append(PseudoStats(row.id, row.image, str(tmp_path / f"{row.id}.png"), 0.9 - 0.3 * i, 0.25))
+    picture = _pseudo_picture(stats, select_pseudo_labels(stats, min_confidence=0.5, min_area=0.0), data)
+    assert titles_drawn == [["image", "pseudo-label", "probability"]]
+    assert has_title_band(picture, rows=3, columns=3)
+    pseudo_column = picture[picture.shape[0] - 3 * 64:, 64:128]
+    assert (pseudo_column == RED).all(axis=-1).any(), "drawn as a prediction (red contour)"
+    assert not (pseudo_column == GREEN).all(axis=-1).any(), "never as ground truth (green contour)"

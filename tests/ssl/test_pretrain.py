@@ -72,10 +72,14 @@ def test_pretraining_lowers_its_loss_logs_and_registers_the_encoder(pretrained, 
     assert {"pictures/puzzles_epoch_001.png", "pictures/puzzles_epoch_002.png", "plots/pretrain_curves.png",
             "encoder/encoder.safetensors", "encoder/encoder.json", "data/manifest.csv", "plan/plan.json"} <= artifacts
 
-    # original | puzzle | reconstruction | tiles where the network places them, one row per shown image
+    # image | puzzle | reconstruction | tiles where the network places them, one row per shown image
     shown = np.asarray(Image.open(client.download_artifacts(run.info.run_id, "pictures/puzzles_epoch_002.png",
                                                             str(store))))
-    assert shown.shape[:2] == (4 * 64, 4 * 64)
+    assert shown.shape[1] == 4 * 64 and 4 * 64 < shown.shape[0] < 5 * 64, "4 images under a band of column titles"
+
+    workdir = store / "out" / "pretrain" / "ssl"
+    assert not (workdir / "state").exists(), "a finished pretraining keeps its encoder, not its resume state"
+    assert (workdir / "encoder" / "encoder.safetensors").stat().st_nlink == 2, "one copy with the logged encoder"
 
     plan = json.loads((store / "out" / "pretrain" / "ssl" / "plan.json").read_text())
     assert plan["pretrain_splits"] == ["train", "unlabeled"]
@@ -146,6 +150,28 @@ def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, 
     assert [h["pretrain/loss"] for h in resumed["history"]] == pytest.approx(
         [h["pretrain/loss"] for h in reference["history"]], abs=1e-5)
     assert [m.step for m in client.get_metric_history(resumed["run_id"], "pretrain/loss")] == [0, 1]
+    assert not state.exists(), "finished: the resume state is dropped"
+
+
+def test_a_crash_after_pretraining_keeps_the_trained_encoder(store, monkeypatch):
+    real_finish = pretrain_module.finish
+
+    def crash_once_finished(*args, **kwargs):
+        real_finish(*args, **kwargs)
+        raise Crash("simulated crash as the run ends")
+
+    monkeypatch.setattr(pretrain_module, "finish", crash_once_finished)
+    with pytest.raises(Crash):
+        run_pretrain(config(store, run_name="late-crash", register=False, epochs=1))
+    monkeypatch.setattr(pretrain_module, "finish", real_finish)
+    workdir = store / "out" / "pretrain" / "late-crash"
+    assert not (workdir / "state").exists()
+    trained = load_file(str(workdir / "encoder" / "encoder.safetensors"))
+
+    resumed = run_pretrain(config(store, run_name="late-crash", register=False, epochs=1))
+    assert len(resumed["history"]) == 1
+    again = load_file(str(workdir / "encoder" / "encoder.safetensors"))
+    assert all(torch.equal(again[k], v) for k, v in trained.items()), "not overwritten by untrained weights"
 
 
 def test_impossible_settings_fail_before_any_run(store, capsys):

@@ -88,7 +88,7 @@ class Crash(Exception):
     pass
 
 
-def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_path, tracking, monkeypatch):
+def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_path, tracking, monkeypatch, capsys):
     reference = run_finetune(tiny_config(tmp_path / "a", run_name="reference", register=False))
 
     real_fit = finetune_module.fit
@@ -107,14 +107,35 @@ def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_pa
                                          "tags.`lesion.run_name` = 'crashy'")
     assert len(crashed) == 1 and crashed[0].info.status == "FAILED"
 
+    workdir = tmp_path / "b" / "outputs" / "finetune" / "crashy"
+    assert (workdir / "state" / "progress.json").is_file(), "an unfinished stage keeps what it resumes from"
+
     with pytest.raises(ConfigError, match=r"run_name 'crashy' is an unfinished run .* lr=0.001 \(logged: 0.003\)"):
         run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False, lr=1e-3))
+
+    # Resumed, it trains its last epoch, then crashes again while logging the model.
+    def crash_while_logging(*args):
+        raise Crash("simulated crash while logging the model")
+
+    real_log = finetune_module.log_segmenter
+    monkeypatch.setattr(finetune_module, "log_segmenter", crash_while_logging)
+    with pytest.raises(Crash):
+        run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False))
+    assert not (workdir / "state").exists(), "the training is over: its resume state (3x the model) is dropped"
+    monkeypatch.setattr(finetune_module, "log_segmenter", real_log)
+
     resumed = run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False))
+    assert "supervised finished its epochs before" in capsys.readouterr().out, "not trained a second time"
     assert resumed["run_id"] == crashed[0].info.run_id
     assert [h["val/jaccard"] for h in resumed["history"]] == pytest.approx(
         [h["val/jaccard"] for h in reference["history"]], abs=1e-6)
     steps = [m.step for m in MlflowClient().get_metric_history(resumed["run_id"], "val/jaccard")]
     assert steps == [0, 1, 2], "nothing lost, nothing logged twice"
+
+    # What a finished stage keeps: best (hard-linked to the logged model's copy), and last only if it differs.
+    assert sorted(p.name for p in workdir.iterdir() if p.is_dir()) == (
+        ["best"] if resumed["best_epoch"] == 2 else ["best", "last"])
+    assert (workdir / "best" / "model.safetensors").stat().st_nlink == 2, "one copy of the weights on this disk"
 
 
 def test_champion_gate_rescores_the_champion_on_the_candidates_validation_images(tmp_path, tracking):

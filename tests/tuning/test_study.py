@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +37,22 @@ def test_search_space_overrides():
     assert 0.7 <= params["threshold"] <= 0.8 and params["noise"] == 1.5 and "noise" not in trial.params
     with pytest.raises(ConfigError, match="'treshold' is unknown"):
         SearchSpace.from_json('{"treshold": [0.1, 0.2]}')
+
+
+def test_the_study_plots_raise_no_experimental_warnings():
+    import warnings
+    from types import SimpleNamespace
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + t.suggest_float("y", 0, 1), n_trials=4)
+    logged = []
+    tracker = SimpleNamespace(active=True, log_figure=lambda figure, path: logged.append(path),
+                              log_text=lambda text, path: logged.append(path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Study._plots(SimpleNamespace(study=study, tracker=tracker))
+    assert "tune/plots/optimization_history.png" in logged and "tune/plots/slice.png" in logged
+    assert not [w for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)]
 
 
 def nested_runs(stage_prefix: str) -> list:
@@ -94,38 +105,6 @@ def test_pruned_and_failed_trials_do_not_stop_the_study(tmp_path, tracking, monk
     tags = {r.data.tags["lesion.stage"]: r for r in nested_runs("trial")}
     assert tags["trial0"].data.tags["lesion.trial_state"] == "PRUNED" and tags["trial0"].info.status == "FINISHED"
     assert tags["trial1"].info.status == "FAILED"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def postgres(tmp_path):
-    """A throwaway PostgreSQL server on loopback, owned by the postgres user."""
-    bin_dir = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"))), None)
-    if bin_dir is None or shutil.which("runuser") is None:
-        message = "PostgreSQL is not installed (make test installs Debian's postgresql package where it can)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    # pytest's tmp folders are private to root; the server runs as postgres in a folder of its own.
-    pg = Path(tempfile.mkdtemp(prefix="lesion-pg-"))
-    tempfile_dir = pg
-    shutil.chown(pg, "postgres")
-    port = free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, f"{bin_dir}/initdb", "-D", str(pg / "data"), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_pg, f"{bin_dir}/pg_ctl", "-D", str(pg / "data"), "-l", str(pg / "log"), "-w", "start",
-                    "-o", f"-p {port} -k {tempfile_dir} -c listen_addresses=127.0.0.1"], check=True, capture_output=True)
-    try:
-        subprocess.run([*as_pg, f"{bin_dir}/createdb", "-h", "127.0.0.1", "-p", str(port), "optuna"], check=True,
-                       capture_output=True)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        subprocess.run([*as_pg, f"{bin_dir}/pg_ctl", "-D", str(pg / "data"), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(pg, ignore_errors=True)
 
 
 @pytest.mark.slow

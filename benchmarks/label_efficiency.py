@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks.common import EXTERNAL, SAMPLE, machine, print_table
 from lesion.config import FinetuneConfig, SelftrainConfig, from_flat
+from lesion.runs import default_run_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,7 +60,7 @@ def baseline(args, seed: int) -> list[dict]:
     tag = f"{args.size}px-s{seed}" + "".join(f"-{kv}" for kv in args.set)
     out = run_finetune(from_flat(FinetuneConfig, {**common(args, seed), "label_fraction": 1.0,
                                                   "epochs": args.epochs_all, "patience": args.patience,
-                                                  "run_name": f"baseline-100pct-{tag}"}))
+                                                  "run_name": default_run_name(f"baseline-100pct-{tag}")}))
     best = next(h for h in out["history"] if h["epoch"] == out["best_epoch"])
     trained = len(out["history"])
     converged = ("patience stopped it" if trained < args.epochs_all else
@@ -80,7 +81,7 @@ def selftrain(args, seed: int) -> list[dict]:
            + "".join(f"-{kv}" for kv in args.set))
     out = run_selftrain(from_flat(SelftrainConfig, {
         **common(args, seed), "label_fraction": args.label_fraction, "epochs": args.epochs_few,
-        "student_epochs": args.epochs_student, "unlabeled": unlabeled, "run_name": f"selftrain-{tag}"}))
+        "student_epochs": args.epochs_student, "unlabeled": unlabeled, "run_name": default_run_name(f"selftrain-{tag}")}))
     return [{"stage": name, "seed": seed, "val_jaccard": s["val_jaccard"], "val_dice": s["val_dice"],
              "external_jaccard": s.get("external_jaccard") if s.get("external_jaccard") is not None else np.nan,
              "external_degenerate": s.get("external_degenerate") if s.get("external_degenerate") is not None else np.nan,

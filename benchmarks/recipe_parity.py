@@ -145,13 +145,14 @@ def reference_loop(train, val, external, args, seed: int) -> dict:
 
 def run_lesion(args, fraction: float, seed: int) -> dict:
     from lesion.config import FinetuneConfig, from_flat
+    from lesion.runs import default_run_name
     from lesion.train.finetune import run_finetune
 
     tag = f"{args.arch}-{args.size}px-{int(fraction * 100)}pct-s{seed}" + "".join(f"-{kv}" for kv in args.lesion_set)
     cfg = from_flat(FinetuneConfig, {
         "data": args.data, "image_size": args.size, "batch_size": args.batch, "epochs": args.epochs,
         "arch": args.arch, "encoder": args.encoder, "label_fraction": fraction, "seed": seed,
-        "experiment": "lesion-recipe-parity", "output_dir": str(HERE / "outputs"), "run_name": f"parity-{tag}",
+        "experiment": "lesion-recipe-parity", "output_dir": str(HERE / "outputs"), "run_name": default_run_name(f"parity-{tag}"),
         "register": False, "picture_every": 0, **dict(kv.split("=", 1) for kv in args.lesion_set)})
     out = run_finetune(cfg)
     history = [h["val/jaccard"] for h in out["history"]]

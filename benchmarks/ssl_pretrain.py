@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks.common import SAMPLE, machine, print_table
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
+from lesion.runs import default_run_name
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,7 +44,7 @@ def pretrain(args: argparse.Namespace, tag: str) -> dict:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     started = time.time()
     out = run_pretrain(from_flat(PretrainConfig, {**common(args), "epochs": args.ssl_epochs, "lr": args.ssl_lr,
-                                                  "run_name": f"ssl-{tag}", **overrides}))
+                                                  "run_name": default_run_name(f"ssl-{tag}"), **overrides}))
     return {**out, "minutes": (time.time() - started) / 60}
 
 
@@ -54,7 +55,7 @@ def finetune(args: argparse.Namespace, name: str, encoder_init: str, seed: int) 
     overrides = dict(kv.split("=", 1) for kv in args.ft_set)
     out = run_finetune(from_flat(FinetuneConfig, {
         **common(args), "seed": seed, "label_fraction": args.label_fraction, "epochs": args.epochs, "lr": args.lr,
-        "encoder_init": encoder_init, "run_name": name, "register": False, **overrides}))
+        "encoder_init": encoder_init, "run_name": default_run_name(name), "register": False, **overrides}))
     best = next(h for h in out["history"] if h["epoch"] == out["best_epoch"])
     last5 = sum(h["val/jaccard"] for h in out["history"][-5:]) / len(out["history"][-5:])
     return {"name": name, "init": "random" if encoder_init == "random" else "SSL", "seed": seed, "best": best,

@@ -61,8 +61,8 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
 
 def entry_parser(name: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     entry = ENTRY_POINTS[name]
-    parser = parser or argparse.ArgumentParser(prog=f"lesion {name}", description=entry.help,
-                                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # The true defaults are in each help line: argparse's own default is None (unset), so no defaults formatter.
+    parser = parser or argparse.ArgumentParser(prog=f"lesion {name}", description=entry.help)
     C.add_arguments(parser, entry.config)
     return parser
 
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Processes (GPUs); 0 uses your `accelerate config` as it is.")
     launch.epilog = "Everything after -- goes to the entry point, e.g. lesion launch finetune --num_processes 2 -- --epochs 3"
     for name, entry in ENTRY_POINTS.items():
-        entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help,
-                                          formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+        entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help))
     if argv and argv[0] in ENTRY_POINTS:
         return run_entry_point(argv[0], argv[1:])
     rest: list[str] = []

@@ -216,9 +216,13 @@ def test_the_stage_comparison_names_its_columns(tmp_path, cache_dir, monkeypatch
     import lesion.selftrain.loop as loop
 
     data = tiny_data(tmp_path, cache_dir)
-    monkeypatch.setattr(loop, "load_model", lambda source: (source, {}))  # predictions need no trained model here
+    from types import SimpleNamespace
+
+    # predictions need no trained model here, only its input conventions
+    fake = SimpleNamespace(config=SimpleNamespace(color_constancy="none"))
+    monkeypatch.setattr(loop, "load_model", lambda source: (fake, {}))
     monkeypatch.setattr(lesion.inference, "predict_images",
-                        lambda model, images, size: [np.full(im.shape[:2], 0.9, np.float32) for im in images])
+                        lambda model, images, size, **_: [np.full(im.shape[:2], 0.9, np.float32) for im in images])
     history = [loop.StageRecord(name, {"best_dir": name, "val_jaccard": 0.5, "val_dice": 0.6})
                for name in ("teacher", "student", "student*")]
     tracker = PictureTracker()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from PIL import Image
 
@@ -49,6 +50,16 @@ def _refuse_outside(root: Path, folder: Path) -> None:
 
 def save_png_inside(root: Path, relative: str | Path, image: Image.Image) -> Path:
     """Write image as root/relative (a PNG), refusing to leave root through a symlinked sub-folder."""
+    return save_inside(root, relative, lambda fh: image.save(fh, format="PNG"))
+
+
+def save_text_inside(root: Path, relative: str | Path, text: str) -> Path:
+    """Write text (UTF-8) as root/relative, as save_png_inside writes a PNG."""
+    return save_inside(root, relative, lambda fh: fh.write(text.encode()))
+
+
+def save_inside(root: Path, relative: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """write(fh) into a temporary file in root/relative's folder, then rename it over root/relative."""
     dest = root / relative
     _refuse_outside(root, dest.parent)  # before mkdir, which would create folders through a symlink
     try:
@@ -61,7 +72,7 @@ def save_png_inside(root: Path, relative: str | Path, image: Image.Image) -> Pat
     try:
         # O_EXCL never opens an existing file or a symlink; mode 0o666 lets the umask decide, as open() would
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as fh:
-            image.save(fh, format="PNG")
+            write(fh)
         os.replace(tmp, dest)  # replaces a symlink at dest itself, not the file it points to
     except OSError as err:
         tmp.unlink(missing_ok=True)

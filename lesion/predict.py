@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from lesion.errors import ConfigError, DataError, LesionError
 from lesion.inference import final_mask, mask_report, predict_probabilities
 from lesion.metrics import resize_probabilities
 from lesion.models.io import load_model, model_config_from_meta
-from lesion.outputs import check_out_dir, make_out_dir, save_png_inside
+from lesion.outputs import check_out_dir, make_out_dir, save_png_inside, save_text_inside
 from lesion.plots import overlay
 from lesion.progress import bar
 
@@ -152,11 +153,12 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
     for line in skipped:
         print(f"[lesion] skipped: {line}")
     degenerate = [r for r in reports if r["degenerate"]]
-    with open(out / "predictions.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["image", "mask", "lesion_fraction", "degenerate"])
-        writer.writeheader()
-        writer.writerows({**r, "lesion_fraction": f"{r['lesion_fraction']:.6f}", "degenerate": int(r["degenerate"])}
-                         for r in reports)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=["image", "mask", "lesion_fraction", "degenerate"])
+    writer.writeheader()
+    writer.writerows({**r, "lesion_fraction": f"{r['lesion_fraction']:.6f}", "degenerate": int(r["degenerate"])}
+                     for r in reports)
+    save_text_inside(out, "predictions.csv", table.getvalue())
     print(f"[lesion] wrote {written} mask(s) and overlay(s) to {out}" + (f"; skipped {len(skipped)}" if skipped else ""))
     if degenerate:
         print(f"[lesion] {len(degenerate)} of {written} mask(s) are degenerate (they cover most of the frame or touch "

@@ -326,9 +326,11 @@ def test_predict_counts_what_it_writes_and_never_writes_through_a_symlink(model_
     outside = tmp_path / "outside.txt"
     outside.write_text("not yours")
     (out / "img1_segmentation.png").symlink_to(outside)
+    (out / "predictions.csv").symlink_to(outside)
     proc = cli(["predict", "--model", str(model_dir), "--input", str(images), "--out", str(out)], capsys)
     assert proc.returncode == 0, proc.stderr
     assert outside.read_text() == "not yours"
+    assert not (out / "predictions.csv").is_symlink() and len((out / "predictions.csv").read_text().splitlines()) == 5
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*_segmentation.png"))
     assert written == ["img0_segmentation.png", "img1_segmentation.png", "img2_segmentation.png",
                        "sub/img0_segmentation.png"]

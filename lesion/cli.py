@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     launch = sub.add_parser("launch", help="Run an entry point through `accelerate launch` (multi-process/GPU).")
     launch.add_argument("entry", choices=sorted(ENTRY_POINTS))
     launch.add_argument("--num_processes", type=int, default=1,
-                        help="Processes (GPUs); 0 uses your `accelerate config` as it is.")
+                        help="Processes (GPUs); 0 uses your `accelerate config` as it is (default: 1).")
     launch.epilog = "Everything after -- goes to the entry point, e.g. lesion launch finetune --num_processes 2 -- --epochs 3"
     for name, entry in ENTRY_POINTS.items():
         entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help))
@@ -143,12 +143,23 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["launch"] and "--" in argv:  # the entry point's own parameters follow --
         cut = argv.index("--")
         argv, rest = argv[:cut], argv[cut + 1:]
+    if argv[:1] == ["launch"] and not rest:
+        known, extra = parser.parse_known_args(argv)
+        if extra:  # the entry point's options given without the -- that separates them from launch's own
+            print(f"lesion launch: error: {' '.join(extra)}: put the entry point's options after --, e.g. "
+                  f"lesion launch {known.entry} --num_processes {known.num_processes} -- {' '.join(extra)}",
+                  file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     if args.command == "data":
         return _data_inspect(args)
     if args.command == "launch":
         from lesion.launch import launch as do_launch
 
+        if args.num_processes < 0:
+            print(f"lesion launch: error: num_processes={args.num_processes}: pass 1 or more processes, or 0 to use "
+                  "your `accelerate config`", file=sys.stderr)
+            return 2
         reason = ENTRY_POINTS[args.entry].one_process
         if reason and args.num_processes != 1:
             print(f"lesion launch: error: num_processes={args.num_processes}: {reason} (num_processes=1)",

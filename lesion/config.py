@@ -491,7 +491,8 @@ def replace_flat(cfg: Any, **values: Any) -> Any:
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """--name options for every leaf of cls, with the dataclass default and help."""
     for name, typ, default, help_text, choices in flat_fields(cls):
-        shown = f"{help_text} (default: {default!r})"
+        # A help text that explains an empty default itself ("default: one per entry point") keeps its own words.
+        shown = help_text if "(default:" in help_text else f"{help_text} (default: {default!r})"
         # Values stay strings here: parse_value reads them as MLflow passes them ("3.0" for an int) and its errors
         # are one line.
         parser.add_argument(f"--{name}", type=str, default=None, help=shown, choices=None if typ is bool else choices,

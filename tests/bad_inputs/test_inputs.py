@@ -453,3 +453,13 @@ def test_a_non_editable_install_works_outside_the_checkout(tmp_path):
     images = image_folder(work / "images", n=2)
     assert "wrote 2 mask(s)" in run(lesion, "predict", "--model", str(best), "--input", str(images), "--out", "pred")
     assert len(list((work / "pred").glob("*_segmentation.png"))) == 2
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["launch", "finetune", "--num_processes", "-1", "--", "--epochs", "1"], r"num_processes=-1: pass 1 or more"),
+    (["launch", "finetune", "--epochs", "1"], r"--epochs 1: put the entry point's options after --, e\.g\. "
+                                              r"lesion launch finetune --num_processes 1 -- --epochs 1"),
+])
+def test_launch_usage_errors_say_the_fix(argv, match, capsys):
+    proc = cli(argv, capsys)
+    assert_clean_error(proc, "launch", match)

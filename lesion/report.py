@@ -88,13 +88,9 @@ def has_split(table: list[dict[str, Any]], split: str) -> bool:
     return any(np.isfinite(v) for t in table for k, v in t.items() if split in k and isinstance(v, float))
 
 
-def has_test(table: list[dict[str, Any]]) -> bool:
-    return has_split(table, "test")
-
-
 def scores_heading(table: list[dict[str, Any]]) -> str:
-    sets = ["Validation"] + [name for name, split in (("test", "test"), ("external", "external"))
-                             if has_split(table, split)]
+    """'Validation', 'Validation and test', 'Validation, test and external': the sets the table holds."""
+    sets = ["Validation", *(split for split in HELD_OUT if has_split(table, split))]
     return ", ".join(sets[:-1]) + " and " + sets[-1] if len(sets) > 1 else sets[0]
 
 
@@ -136,7 +132,7 @@ def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def curves_figure(table: list[dict[str, Any]]) -> plt.Figure:
     """Metric against label fraction, one line per method: validation, plus test where runs were scored on one."""
     panels = [("val_jaccard", "validation Jaccard"), ("val_dice", "validation Dice")]
-    if has_test(table):
+    if has_split(table, "test"):
         panels += [("test_jaccard", "test Jaccard"), ("test_dice", "test Dice")]
     if has_split(table, "external"):
         panels += [("external_jaccard", "external Jaccard"), ("external_degenerate", "external: degenerate masks")]

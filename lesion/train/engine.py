@@ -95,7 +95,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     warmup = int(round(cfg.warmup_fraction * total_steps))
 
     def factor(step: int) -> float:
@@ -124,7 +124,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, batches_
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    factor = lr_lambda(cfg, total_steps * num_processes, steps_per_epoch * num_processes)
+    factor = lr_lambda(cfg, total_steps * num_processes)  # warm-up is a fraction of these steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), total_steps
 
 

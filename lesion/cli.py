@@ -32,14 +32,14 @@ class EntryPoint:
 
 
 ENTRY_POINTS: dict[str, EntryPoint] = {
-    "finetune": EntryPoint(C.FinetuneConfig, "lesion.train.finetune:run_finetune",
+    "finetune": EntryPoint(C.FinetuneConfig, "lesion.finetune:run_finetune",
                            "Train a segmenter on the labelled images (random, ImageNet or SSL encoder init)."),
     "evaluate": EntryPoint(C.EvaluateConfig, "lesion.evaluate:run_evaluate",
                            "Score a model on a split with ISIC metrics and write ISIC-format masks."),
     "predict": EntryPoint(C.PredictConfig, "lesion.predict:run_predict",
                           "Write masks and overlays for an image or a folder of images.",
                           "prediction runs on one process; split a large folder and run several"),
-    "pretrain": EntryPoint(C.PretrainConfig, "lesion.ssl.pretrain:run_pretrain",
+    "pretrain": EntryPoint(C.PretrainConfig, "lesion.pretrain:run_pretrain",
                            "Self-supervised encoder pretraining: a jigsaw-invariant auto-encoder on unlabelled images."),
     "selftrain": EntryPoint(C.SelftrainConfig, "lesion.selftrain.loop:run_selftrain",
                             "Noisy Student: teacher on labelled data, pseudo-labels for the unlabelled pool, "
@@ -50,7 +50,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
     "report": EntryPoint(C.ReportConfig, "lesion.report:run_report",
                          "Label-efficiency report from the tracking store: table, curves, gains, worst cases.",
                          "the report reads the tracking store on one process"),
-    "sweep": EntryPoint(C.SweepConfig, "lesion.report:run_sweep",
+    "sweep": EntryPoint(C.SweepConfig, "lesion.sweep:run_sweep",
                         "Run supervised / SSL-init / self-training at several label fractions, then the report.",
                         "the sweep runs on one process; run finetune and selftrain with num_processes for GPUs"),
     "tune": EntryPoint(C.TuneConfig, "tuning.study:run_tune",

@@ -7,7 +7,6 @@ official `isic-challenge-scoring` package can score the same folder.
 from __future__ import annotations
 
 import csv
-from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,16 @@ from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lesion.config import DataConfig, EvaluateConfig, to_flat
+from lesion.config import DataConfig, EvaluateConfig
 from lesion.data.datasets import SegmentationDataset
-from lesion.data.prepare import prepare_data
 from lesion.errors import ConfigError
 from lesion.inference import final_mask, predict_probabilities
 from lesion.metrics import METRIC_NAMES, per_image_scores, resize_probabilities
-from lesion.models.io import load_model
-from lesion.outputs import check_out_dir, make_out_dir, save_png_inside
+from lesion.outputs import check_out_dir, make_out_dir, save_png_inside, write_json
 from lesion.progress import bar
-from lesion.tracking import Tracker, write_json
+from lesion.registry import load_model
+from lesion.stage import stage
 from lesion.train.engine import evaluate
-from lesion.train.finetune import claim_run, finish_run, fresh_workdir, shared_run_name
 
 
 def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, batch_size: int, tta: bool,
@@ -48,20 +45,15 @@ def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, bat
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.out:
         check_out_dir(cfg.out)  # before hours of scoring
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
-    tracker = Tracker(enabled=main)
-    run_name = shared_run_name(accelerator, cfg.run.run_name, "evaluate")
-    with ExitStack() as stack:
-        workdir = stack.enter_context(claim_run(accelerator, cfg.run.output_dir, "evaluate", run_name))
-        model, meta = load_model(cfg.model)
-        size = cfg.image_size or int(meta["image_size"])
-        data_cfg = DataConfig(data=cfg.data, image_size=size, cache_dir=cfg.cache_dir, max_pixels=cfg.max_pixels,
-                              skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
-        tags = {"lesion.model": cfg.model, "lesion.model_run": str(meta.get("run_id", ""))}
-        stack.enter_context(tracker.run("evaluate", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags))
-        fresh_workdir(accelerator, tracker, workdir)  # masks of an older, unfinished attempt must not mix in
-        data = prepare_data(data_cfg, cfg.run.seed, workdir, main, accelerator.wait_for_everyone)
+    model, meta = load_model(cfg.model)
+    size = cfg.image_size or int(meta["image_size"])
+    data_cfg = DataConfig(data=cfg.data, image_size=size, cache_dir=cfg.cache_dir, max_pixels=cfg.max_pixels,
+                          skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+    tags = {"lesion.model": cfg.model, "lesion.model_run": str(meta.get("run_id", ""))}
+    # fresh_workdir (in stage): masks of an older, unfinished attempt must not mix in.
+    with stage("evaluate", cfg, data=data_cfg, accelerator=Accelerator(cpu=not torch.cuda.is_available()),
+               tags=tags) as ctx:
+        accelerator, tracker, workdir, data, main = ctx.accelerator, ctx.tracker, ctx.workdir, ctx.data, ctx.main
         rows = [r for r in data.rows if r.mask and (cfg.split == "all" or r.split == cfg.split)]
         if not rows:
             found = sorted({r.split for r in data.rows if r.mask})
@@ -79,7 +71,6 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         metrics[f"{prefix}/images"] = float(len(counts))  # scored once each: no padding duplicates, none dropped
         out: dict[str, Any] = {"metrics": metrics, "images": len(rows), "run_id": tracker.run_id}
         if main:
-            tracker.log_artifact(data.manifest, "data")
             tracker.log_metrics(metrics, step=0)
             scores = per_image_scores(counts)
             table = workdir / "per_image.csv"
@@ -103,5 +94,4 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 print(f"[lesion] {len(flagged)} degenerate mask(s) (covering most of the frame or touching every "
                       f"border), e.g. {', '.join(flagged[:5])}; see {table.name}")
             print(f"[lesion] ISIC-format masks: {masks_dir}")
-        finish_run(accelerator, tracker, workdir, run_name)
     return out

@@ -8,10 +8,12 @@ output folder (a symlink) is refused.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 from PIL import Image
 
@@ -81,3 +83,15 @@ def save_inside(root: Path, relative: str | Path, write: Callable[[BinaryIO], ob
         tmp.unlink(missing_ok=True)
         raise
     return dest
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """data as indented JSON, written atomically (a temporary file renamed over path)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -18,10 +18,11 @@ from lesion.data.io import IMAGE_SUFFIXES, read_image
 from lesion.errors import ConfigError, DataError, LesionError
 from lesion.inference import final_mask, mask_report, predict_probabilities
 from lesion.metrics import resize_probabilities
-from lesion.models.io import load_model, model_config_from_meta
+from lesion.models.io import model_config_from_meta
 from lesion.outputs import check_out_dir, make_out_dir, save_png_inside, save_text_inside
 from lesion.plots import overlay
 from lesion.progress import bar
+from lesion.registry import load_model
 
 PREVIEW_SIDE = 1024  # overlays are for looking at: keep them screen-sized
 

@@ -137,7 +137,7 @@ def test_single_process_entry_points_refuse_more_processes(entry, capsys):
 def test_a_full_disk_is_one_line_and_other_crashes_keep_their_traceback(monkeypatch, capsys):
     import errno
 
-    import lesion.train.finetune
+    import lesion.finetune
     from lesion.cli import run_entry_point
 
     def disk_full_inside_a_library(cfg):
@@ -146,7 +146,7 @@ def test_a_full_disk_is_one_line_and_other_crashes_keep_their_traceback(monkeypa
         except OSError as err:
             raise RuntimeError("Error while serializing") from err
 
-    monkeypatch.setattr(lesion.train.finetune, "run_finetune", disk_full_inside_a_library)
+    monkeypatch.setattr(lesion.finetune, "run_finetune", disk_full_inside_a_library)
     assert run_entry_point("finetune", ["--output_dir", "/big/disk"]) == 2
     message = capsys.readouterr().err
     assert message.startswith("lesion finetune: error: the disk is full") and message.count("\n") == 1
@@ -155,6 +155,6 @@ def test_a_full_disk_is_one_line_and_other_crashes_keep_their_traceback(monkeypa
     def a_bug(cfg):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(lesion.train.finetune, "run_finetune", a_bug)
+    monkeypatch.setattr(lesion.finetune, "run_finetune", a_bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_entry_point("finetune", [])

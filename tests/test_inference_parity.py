@@ -14,9 +14,9 @@ from PIL import Image
 
 from lesion.config import ExportConfig, FinetuneConfig, PredictConfig, from_flat
 from lesion.export import run_export
-from lesion.models.io import load_model
+from lesion.registry import load_model
 from lesion.predict import run_predict
-from lesion.train.finetune import run_finetune
+from lesion.finetune import run_finetune
 
 
 @pytest.fixture

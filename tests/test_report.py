@@ -7,7 +7,8 @@ from mlflow.tracking import MlflowClient
 
 from lesion.config import ReportConfig, SweepConfig, from_flat
 from lesion.errors import ConfigError
-from lesion.report import run_report, run_sweep
+from lesion.report import run_report
+from lesion.sweep import run_sweep
 
 
 @pytest.mark.slow

@@ -15,14 +15,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file
 
-import lesion.ssl.pretrain as pretrain_module
+import lesion.pretrain as pretrain_module
 from lesion.cli import run_entry_point
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
 from lesion.errors import ConfigError
-from lesion.models.io import artifact_dir
-from lesion.ssl.pretrain import run_pretrain
+from lesion.registry import artifact_dir
+from lesion.finetune import build_initialised_model, run_finetune
+from lesion.pretrain import run_pretrain
 from lesion.tracking import Tracker
-from lesion.train.finetune import build_initialised_model, run_finetune
 from tests.conftest import REPO, subprocess_env
 
 DATA = "synthetic:n=16,size=64"  # 13 training images: 3 steps of 4 per epoch

@@ -97,7 +97,7 @@ def test_a_run_started_by_mlflow_run_resumes_with_the_same_command(name, trackin
 
 
 def test_default_run_names_do_not_collide_within_a_second():
-    from lesion.train.finetune import shared_run_name
+    from lesion.stage import shared_run_name
 
     class OneProcess:
         num_processes = 1
@@ -115,8 +115,8 @@ def test_every_stage_refuses_a_run_that_a_live_process_holds(entry, tmp_path, tr
     from lesion.evaluate import run_evaluate
     from lesion.runs import RunInProgress, run_lock
     from lesion.selftrain.loop import run_selftrain
-    from lesion.ssl.pretrain import run_pretrain
-    from lesion.train.finetune import run_finetune
+    from lesion.finetune import run_finetune
+    from lesion.pretrain import run_pretrain
 
     config, function = {"finetune": (FinetuneConfig, run_finetune), "selftrain": (SelftrainConfig, run_selftrain),
                         "pretrain": (PretrainConfig, run_pretrain), "evaluate": (EvaluateConfig, run_evaluate)}[entry]
@@ -171,7 +171,7 @@ def test_workers_that_start_together_on_a_new_store_all_get_their_run(tmp_path):
 
 
 def test_a_database_server_that_is_migrating_is_asked_again(monkeypatch):
-    import lesion.tracking as tracking_module
+    import lesion.tracking.store as tracking_module
 
     calls = []
 

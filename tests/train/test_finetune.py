@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-import lesion.train.finetune as finetune_module
+import lesion.finetune as finetune_module
 from lesion.config import from_flat, FinetuneConfig
 from lesion.errors import ConfigError
-from lesion.train.finetune import run_finetune
+from lesion.finetune import run_finetune
 
 TINY = {"data": "synthetic:n=40,size=64,seed=1", "image_size": 64, "batch_size": 8, "epochs": 3, "lr": 3e-3,
         "picture_every": 1}

@@ -1,4 +1,4 @@
-"""The pretrain stage: learn the segmentation encoder from unlabelled images.
+"""The pretrain entry point: learn the segmentation encoder from unlabelled images (the pretext: lesion.ssl).
 
     loss = reconstruction_weight * (L1 + MSE)(decoder(encoder(puzzle)), image)
          + invariance_weight * InfoNCE(embed(image), embed(puzzle), temperature)
@@ -20,11 +20,6 @@ Data: the training split (masks ignored) plus every `unlabeled` folder.
 Validation and test images are left out on purpose: pretraining on them would
 be transductive and flatter every fine-tuning comparison made on them.
 
-Sizes: image_size must be a multiple of 32 (the encoder's stride; checked by
-prepare_data). When it is not a multiple of grid, the puzzle is cut from the
-image resized to the nearest multiple of grid and resized back (256 px with
-grid 3: 85-px tiles of a 255-px image); the target is always the image itself.
-
 It runs like fit(): Accelerate (any number of processes, bf16 on GPU), only
 the main process logs and writes, everything random is seeded by (seed,
 epoch[, image]), and re-running the same run_name resumes from the last
@@ -35,165 +30,41 @@ models:/lesion-encoder@ssl` starts from it, for any architecture.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from lesion.config import NoiseConfig, PretrainConfig, SSLConfig, to_flat
-from lesion.data.datasets import ImageDataset, epoch_seed, seed_worker, worker_seed
-from lesion.data.prepare import prepare_data, resolve_image_size
-from lesion.data.transforms import denormalize, plain_transform
-from lesion.errors import ConfigError, DataError, TrainingError
+from lesion.config import PretrainConfig, to_flat
+from lesion.data.datasets import ImageDataset, epoch_seed, seed_worker
+from lesion.data.prepare import resolve_image_size
+from lesion.data.transforms import plain_transform
+from lesion.errors import DataError, TrainingError
 from lesion.models.io import save_encoder
+from lesion.outputs import write_json
 from lesion.progress import bar, say
+from lesion.registry import ENCODER, register_encoder
 from lesion.ssl.losses import EmbeddingQueue, info_nce, place_loss, reconstruction_loss, tile_info_nce
 from lesion.ssl.model import JigsawAutoEncoder
-from lesion.ssl.puzzles import assemble, make_puzzle
-from lesion.tracking import ENCODER, Tracker, set_alias, share_logged_copy, write_json
+from lesion.ssl.pretext import (METRICS, PRETRAIN_AUGMENTATION, PuzzleDataset, check_config, loss_curves, picture,
+                                puzzle_side)
+from lesion.stage import stage
 from lesion.train.checkpoint import finish, finished, load_checkpoint, load_extra, save_checkpoint
-from lesion.train.engine import build_optimizer, build_scheduler, make_accelerator, resolve_mixed_precision, resolve_workers
-from lesion.train.finetune import claim_run, finish_run, fresh_workdir, shared_run_name
+from lesion.train.engine import build_optimizer, build_scheduler, resolve_mixed_precision, resolve_workers
 
 PRETRAIN_SPLITS = ("train", "unlabeled")
-METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/tile_invariance",
-           "pretrain/place", "pretrain/place_accuracy")
-MIN_TILE = 8  # pixels: smaller tiles hold too little to place
-# Flips, rot90 and a mild affine only: the puzzle brings its own per-tile colour jitter.
-PRETRAIN_AUGMENTATION = NoiseConfig(photometric=0.0, artifacts=0.0, zoom_out=0.0)
-
-
-def puzzle_side(size: int, grid: int) -> int:
-    """The nearest multiple of grid to size: the side the puzzle is cut at."""
-    return max(grid, round(size / grid) * grid)
-
-
-def check_config(ssl: SSLConfig, image_size: int) -> None:
-    """One-line errors for settings that cannot work, before anything runs."""
-    if ssl.grid < 2:
-        raise ConfigError(f"grid={ssl.grid} makes no puzzle; use grid=2, 3 or 4")
-    tile = puzzle_side(image_size, ssl.grid) // ssl.grid
-    if tile < MIN_TILE:
-        raise ConfigError(f"grid={ssl.grid} at image_size={image_size} gives {tile}-px tiles; "
-                          f"use grid<={image_size // MIN_TILE} or a larger image_size")
-    if not 0 <= ssl.tile_jitter < 0.5:
-        raise ConfigError(f"tile_jitter={ssl.tile_jitter} must be in [0, 0.5) (a fraction of the tile side); try 0.1")
-    # Single-field ranges (temperature > 0, queue_size >= 0, ...) are checked by the config itself.
-    if ssl.reconstruction_weight + ssl.invariance_weight + ssl.tile_invariance_weight + ssl.place_weight == 0:
-        raise ConfigError("reconstruction_weight, invariance_weight, tile_invariance_weight and place_weight "
-                          "must not all be 0")
-
-
-class PuzzleDataset(Dataset):
-    """(augmented image, its puzzle): the puzzle is seeded by (seed, epoch, index), so a resume replays it."""
-
-    def __init__(self, images: ImageDataset, ssl: SSLConfig, seed: int):
-        self.images, self.ssl, self.seed, self.epoch = images, ssl, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        if self.images.transform is not None:
-            self.images.transform.set_random_seed(epoch_seed(self.seed, epoch))
-
-    def reseed_worker(self, worker_id: int) -> None:
-        if self.images.transform is not None:
-            self.images.transform.set_random_seed(worker_seed(self.seed, self.epoch, worker_id))
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def resized(self, images: torch.Tensor, size: tuple[int, ...] | None = None) -> torch.Tensor:
-        """images at size, by default at the puzzle side (see the module docstring for sizes); as is when they are."""
-        size = tuple(size or (puzzle_side(s, self.ssl.grid) for s in images.shape[-2:]))
-        same = tuple(images.shape[-2:]) == size
-        return images if same else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-
-    def puzzle(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(puzzles, perms) of (B, C, H, W) images at their own size."""
-        x, perms = make_puzzle(self.resized(images), self.ssl.grid, self.ssl.tile_jitter, self.ssl.tile_color_jitter,
-                               generator)
-        return self.resized(x, images.shape[-2:]), perms
-
-    def assemble(self, puzzles: torch.Tensor, place_logits: torch.Tensor) -> torch.Tensor:
-        """Puzzles re-assembled by the predicted places, at their own size."""
-        return self.resized(assemble(self.resized(puzzles), place_logits, self.ssl.grid), puzzles.shape[-2:])
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        image = self.images[index]["image"]
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
-        puzzle, perms = self.puzzle(image[None], torch.Generator().manual_seed(seed))
-        return {"image": image, "puzzle": puzzle[0], "perms": perms[0], "index": index}
-
-
-def picture(columns: list[torch.Tensor], titles: list[str]) -> np.ndarray:
-    """One row per image, one titled column per (B, C, H, W) batch: image | puzzle | reconstruction [| assembled]."""
-    from lesion.plots import titled_grid
-
-    return titled_grid([[denormalize(t.float().cpu().numpy()) for t in column] for column in columns], titles)
-
-
-def loss_curves(history: list[dict[str, float]]):
-    import lesion.plots  # noqa: F401  (selects the headless backend first)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for key in METRICS:
-        ax.plot([h["epoch"] + 1 for h in history], [h[key] for h in history], marker="o", label=key)
-    ax.set_xlabel("epoch")
-    ax.set_title("pretraining losses")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def register_encoder(tracker: Tracker, folder: Path, tags: dict[str, Any]) -> str:
-    """Log folder under `encoder/`, register runs:/<run>/encoder as a lesion-encoder version, alias it `ssl`.
-
-    MLflow 3's register_model wants a logged model; a plain artifact folder is
-    registered with create_model_version, and models:/ URIs download it as is.
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    done = tracker.tags()
-    if "lesion.encoder_version" in done:  # registered before a crash: never twice
-        return done["lesion.encoder_version"]
-    tracker.log_artifact(folder, "encoder")
-    share_logged_copy(folder, f"runs:/{tracker.run_id}/encoder")  # a local store holds the weights once
-    client = MlflowClient()
-    try:
-        client.create_registered_model(ENCODER)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    version = client.create_model_version(ENCODER, source=f"runs:/{tracker.run_id}/encoder", run_id=tracker.run_id,
-                                          tags={k: str(v) for k, v in tags.items()}).version
-    set_alias(ENCODER, "ssl", str(version))
-    tracker.set_tags({"lesion.encoder_version": version})
-    return str(version)
 
 
 def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     ssl, train, seed = cfg.ssl, cfg.train, cfg.run.seed
     check_config(ssl, resolve_image_size(cfg.data))
-    accelerator = make_accelerator(train)
-    main = accelerator.is_main_process
-    tracker = Tracker(enabled=main)
-    run_name = shared_run_name(accelerator, cfg.run.run_name, "pretrain")
-    with claim_run(accelerator, cfg.run.output_dir, "pretrain", run_name) as workdir, \
-            tracker.run("pretrain", run_name, cfg.run.experiment, params=to_flat(cfg),
-                        tags={"lesion.num_processes": accelerator.num_processes}):
-        fresh_workdir(accelerator, tracker, workdir)
-        data = prepare_data(cfg.data, seed, workdir, main, accelerator.wait_for_everyone, need_labels=False)
+    with stage("pretrain", cfg, need_labels=False) as ctx:
+        accelerator, tracker, workdir, data, main = ctx.accelerator, ctx.tracker, ctx.workdir, ctx.data, ctx.main
+        run_name = ctx.run_name
         rows = [r for r in data.rows if r.split in PRETRAIN_SPLITS]
         if len(rows) < 2:
             raise DataError(f"{cfg.data.data}: pretraining needs at least 2 training or unlabeled images, found {len(rows)}")
-        tracker.log_artifact(data.manifest, "data")
-        tracker.log_params({f"data.{k}": v for k, v in data.summary().items()})
         if main:
             write_json(workdir / "plan.json", {
                 **to_flat(cfg), "image_size": data.image_size, "puzzle_side": puzzle_side(data.image_size, ssl.grid),
@@ -311,5 +182,4 @@ def run_pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         # The encoder is saved: the resume state (model, decoder, optimizer, queue) is no longer needed.
         finish(accelerator, workdir, {"epoch": history[-1]["epoch"] if history else -1, "step": step,
                                       "history": history})
-        finish_run(accelerator, tracker, workdir, run_name)
     return out

@@ -1,95 +1,41 @@
-"""The finetune stage: data -> model -> fit -> logged, registered segmenter."""
+"""The finetune entry point: data -> model -> fit -> logged, registered segmenter (and the champion gate).
+
+train_segmenter is the one way a segmenter is trained, logged and registered: finetune,
+the teacher and students of selftrain, and tune's trials all call it.
+"""
 
 from __future__ import annotations
 
-import shutil
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 
 from lesion.config import DataConfig, FinetuneConfig, to_flat
 from lesion.data.cache import PreprocessCache
 from lesion.data.datasets import SegmentationDataset
-from lesion.data.prepare import PreparedData, prepare_data, resolve_cache_dir
+from lesion.data.prepare import PreparedData, resolve_cache_dir
 from lesion.data.sources import discover
 from lesion.data.splits import Row, select
-from lesion.errors import ConfigError, LesionError
+from lesion.errors import ConfigError
 from lesion.inference import image_png
 from lesion.models import build_model
-from lesion.models.io import init_encoder, load_model
-from lesion.runs import check_not_finished, default_run_name, mark_finished, run_lock, stage_dir
-from lesion.tracking import (SEGMENTER, Tracker, alias_version, log_segmenter, register, set_alias, share_logged_copy,
-                             write_json)
-from lesion.train.engine import (FitResult, fit, make_accelerator, resolve_mixed_precision, resolve_workers,
-                                 score_rows)
-
-
-def shared_run_name(accelerator: Accelerator, given: str, prefix: str) -> str:
-    """The given run_name, or one fresh unique name agreed by all processes."""
-    name = [given or default_run_name(prefix)]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(name)
-    return name[0]
-
-
-@contextmanager
-def claim_run(accelerator: Accelerator, output_dir: str, stage: str, run_name: str) -> Iterator[Path]:
-    """The run's folder output_dir/<stage>/<run_name>, owned by this run for the with-block.
-
-    Enter it before the MLflow run starts: the main process takes the run's lock
-    (another live process with this run_name is refused) and refuses a run_name
-    whose folder holds a finished run, so neither ever reaches MLflow or the folder.
-    """
-    workdir = stage_dir(output_dir, stage, run_name)
-    with ExitStack() as stack:
-        error: list[str | None] = [None]
-        if accelerator.is_main_process:
-            try:
-                stack.enter_context(run_lock(output_dir, stage, run_name))
-                check_not_finished(workdir, run_name)
-            except LesionError as err:
-                if accelerator.num_processes == 1:
-                    raise
-                error[0] = str(err)
-        if accelerator.num_processes > 1:  # every rank stops, none waits for a main process that left
-            broadcast_object_list(error)
-            if error[0] is not None:
-                raise ConfigError(error[0])
-        yield workdir
-
-
-def fresh_workdir(accelerator: Accelerator, tracker: Tracker, workdir: Path) -> None:
-    """A resumed run keeps its checkpoints; a new run clears what an unfinished run of its name left, nothing else.
-
-    claim_run has refused a finished run's folder, and workdir is output_dir/<stage>/<run_name>.
-    """
-    resumed = [tracker.resumed]
-    if accelerator.num_processes > 1:
-        broadcast_object_list(resumed)
-    if accelerator.is_main_process and not resumed[0] and workdir.exists():
-        print(f"[lesion] {workdir}: removing the leftovers of an unfinished run with this name (no unfinished "
-              "MLflow run to resume it in this experiment)")
-        shutil.rmtree(workdir)
-    accelerator.wait_for_everyone()
-
-
-def finish_run(accelerator: Accelerator, tracker: Tracker, workdir: Path, run_name: str) -> None:
-    """The run's last step: its folder is marked finished and is never cleaned or reused after this."""
-    if accelerator.is_main_process:
-        mark_finished(workdir, run_name, tracker.run_id)
-    accelerator.wait_for_everyone()
+from lesion.models.io import load_model
+from lesion.outputs import write_json
+from lesion.registry import SEGMENTER, init_encoder, log_segmenter, promote_champion, register, share_logged_copy
+from lesion.stage import stage
+from lesion.tracking import Tracker
+from lesion.train.engine import FitResult, fit, resolve_mixed_precision, resolve_workers, score_rows
 
 
 def build_initialised_model(cfg: FinetuneConfig, tracker: Tracker) -> torch.nn.Module:
     init = cfg.model.encoder_init
     model = build_model(cfg.model, pretrained_imagenet=init == "imagenet")
     if init not in ("random", "imagenet"):
-        info = init_encoder(model, init)
+        info = init_encoder(model, init)  # an SSL encoder or a segmenter: a URI or a folder
         tracker.set_tags({f"lesion.init.{k}": v for k, v in info.items()})
     return model
 
@@ -203,74 +149,20 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
     return StageResult(result, model_uri, version, data, test, external)
 
 
-def promote_champion(version: str, score: float, tracker: Tracker, data: PreparedData,
-                     device: torch.device | str = "cpu", stage: str = "supervised") -> dict[str, Any]:
-    """Move `champion` to version only if its val/jaccard beats the current champion's on the same images; log why.
-
-    The champion is re-scored on this run's validation images: a score it got on
-    other data (the synthetic demo, another split or size) says nothing about these.
-    Each stage's decision is its own artifact, registry/champion_gate_<stage>.json.
-    """
-    current = alias_version(SEGMENTER, "champion")
-    val_rows = select(data.rows, "val", labelled=True)
-    decision: dict[str, Any] = {"stage": stage, "candidate_version": version, "candidate_val_jaccard": score,
-                                "val_images": len(val_rows), "champion_version": None, "champion_val_jaccard": None}
-    key = stage.replace("*", "star")
-    if f"lesion.champion_gate.{key}" in tracker.tags():  # decided before a crash: the resumed run does not ask again
-        return {**decision, "promoted": None, "reason": "decided before the run was resumed"}
-    if current is not None and str(current.version) == str(version):
-        return {**decision, "champion_version": version, "promoted": True, "reason": "already the champion"}
-    if current is None:
-        promoted, reason = True, "no champion yet"
-    else:
-        decision["champion_version"] = str(current.version)
-        decision["champion_registered_val_jaccard"] = float(current.tags.get("val_jaccard", "nan"))
-        try:
-            model, meta = load_model(f"models:/{SEGMENTER}/{current.version}")
-            champion = score_rows(model.to(device), val_rows, data.cache.at_size(int(meta["image_size"])),
-                                  device=device)["jaccard"]
-        except LesionError as err:
-            champion = None
-            reason = f"the champion could not be scored on these images ({err})"
-        decision["champion_val_jaccard"] = champion
-        if champion is not None:
-            promoted = score > champion
-            reason = (f"val/jaccard {score:.4f} {'>' if promoted else '<='} champion v{current.version}'s "
-                      f"{champion:.4f} on the same {len(val_rows)} validation images")
-        else:
-            promoted = True
-    if promoted:
-        set_alias(SEGMENTER, "champion", version)
-    decision.update(promoted=promoted, reason=reason)
-    tracker.log_dict(decision, f"registry/champion_gate_{key}.json")
-    tracker.set_tags({f"lesion.champion_gate.{key}": "promoted" if promoted else "kept"})
-    print(f"[lesion] lesion-segmenter v{version}: {'promoted to champion' if promoted else 'champion kept'}: {reason}")
-    return decision
-
-
 def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if cfg.data.unlabeled:  # nothing to learn from without masks here: do not decode them for nothing
         print(f"[lesion] finetune trains on labelled images only: unlabeled={cfg.data.unlabeled} is for pretrain "
               "and selftrain, and is ignored here")
         cfg = replace(cfg, data=replace(cfg.data, unlabeled=""))
-    accelerator = make_accelerator(cfg.train)
-    tracker = Tracker(enabled=accelerator.is_main_process)
-    run_name = shared_run_name(accelerator, cfg.run.run_name, "finetune")
-    tags = {"lesion.num_processes": accelerator.num_processes}
-    with claim_run(accelerator, cfg.run.output_dir, "finetune", run_name) as workdir, \
-            tracker.run("finetune", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags):
-        fresh_workdir(accelerator, tracker, workdir)
-        data = prepare_data(cfg.data, cfg.run.seed, workdir, accelerator.is_main_process,
-                            accelerator.wait_for_everyone)
-        tracker.log_artifact(data.manifest, "data")
-        tracker.log_params({f"data.{k}": v for k, v in data.summary().items()})
-        stage = train_segmenter(cfg, accelerator, tracker, workdir, "supervised", data)
-        out = {"run_id": tracker.run_id, "run_name": run_name, "best_val_jaccard": stage.fit.best_score,
-               "best_epoch": stage.fit.best_epoch, "test": stage.test, "external": stage.external, "model_uri": stage.model_uri, "version": stage.version,
-               "history": stage.fit.history, "num_processes": accelerator.num_processes, "workdir": str(workdir)}
-        if accelerator.is_main_process and stage.version:
-            out["champion"] = promote_champion(stage.version, stage.fit.best_score, tracker, data, accelerator.device)
-        if accelerator.is_main_process:
-            write_json(workdir / "result.json", out)
-        finish_run(accelerator, tracker, workdir, run_name)
+    with stage("finetune", cfg) as ctx:
+        result = train_segmenter(cfg, ctx.accelerator, ctx.tracker, ctx.workdir, "supervised", ctx.data)
+        out = {"run_id": ctx.tracker.run_id, "run_name": ctx.run_name, "best_val_jaccard": result.fit.best_score,
+               "best_epoch": result.fit.best_epoch, "test": result.test, "external": result.external,
+               "model_uri": result.model_uri, "version": result.version, "history": result.fit.history,
+               "num_processes": ctx.accelerator.num_processes, "workdir": str(ctx.workdir)}
+        if ctx.main and result.version:
+            out["champion"] = promote_champion(result.version, result.fit.best_score, ctx.tracker, ctx.data,
+                                               ctx.accelerator.device)
+        if ctx.main:
+            write_json(ctx.workdir / "result.json", out)
     return out

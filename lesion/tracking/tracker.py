@@ -1,13 +1,7 @@
-"""MLflow tracking: runs, nested stages, artifacts, pictures, registry and aliases.
+"""MLflow runs: start or resume a run, nested stages, and logging; a no-op on every process but the main one.
 
 Only the main process talks to MLflow: a Tracker built with enabled=False
-(every other rank) does nothing. The tracking URI is MLFLOW_TRACKING_URI, else
-the embedded `sqlite:///mlflow.db`.
-
-The first access to a store creates its tables (MLflow's schema migration),
-which is not safe when several processes do it at once: configure_tracking
-does it once per process, under a file lock for SQLite and with retries for
-database servers, before anything else touches the store.
+(every other rank) does nothing.
 
 Runs are found again by their tags (`lesion.entry_point`, `lesion.run_name`,
 `lesion.stage`): re-running the same command with the same run_name resumes
@@ -19,95 +13,28 @@ run it resumed into and deleted, so no empty run stays behind).
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import io
-import json
 import os
 import shlex
 import subprocess
 import sys
-import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import mlflow
+from mlflow.tracking import MlflowClient
+
 from lesion.config import parse_value
 from lesion.errors import ConfigError
-from lesion.progress import quiet_library_bars
+from lesion.plots import close_figure
+from lesion.tracking.store import configure_tracking
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-SEGMENTER = "lesion-segmenter"
-ENCODER = "lesion-encoder"
 TAG_ENTRY, TAG_RUN_NAME, TAG_STAGE = "lesion.entry_point", "lesion.run_name", "lesion.stage"
-
-
-def configure_tracking() -> str:
-    import mlflow
-
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    quiet_library_bars()
-    mlflow.set_tracking_uri(uri)
-    # mlflow run passes the registry of its own session; keep it consistent.
-    if not os.environ.get("MLFLOW_REGISTRY_URI"):
-        mlflow.set_registry_uri(uri)
-    _initialise_store(uri)
-    return uri
-
-
-_initialised: set[str] = set()
-
-
-def _open_stores() -> None:
-    """Open the tracking and registry stores: on a new database this creates their tables."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    client.search_experiments(max_results=1)
-    client.search_registered_models(max_results=1)
-
-
-def _initialise_store(uri: str, attempts: int = 5) -> None:
-    """The store's first use, once per process, safe while other processes start on the same new store.
-
-    MLflow creates a new database's tables on first use; two processes doing that at
-    once collide in its schema migration (alembic: "Online migration expected to match
-    one row ... 0 found"). SQLite is one file on one machine: a file lock lets one
-    process create the tables while the others wait, then find them made. A database
-    server may be shared by many machines: a failed first use is retried once the
-    other process has finished its migration.
-    """
-    if uri in _initialised:
-        return
-    if uri.startswith("sqlite:"):
-        key = hashlib.sha1(os.path.abspath(uri.split(":///", 1)[-1]).encode()).hexdigest()[:16]
-        try:
-            lock = open(Path(tempfile.gettempdir()) / f"lesion-store-{key}.lock", "a")
-        except OSError:  # a lock file this user may not open (another user's): go on without it
-            lock = None
-        try:
-            if lock is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
-            _open_stores()
-        finally:
-            if lock is not None:
-                lock.close()
-    elif "://" in uri and uri.split("://", 1)[0].split("+")[0] in ("postgresql", "mysql", "mssql"):
-        for attempt in range(attempts):
-            try:
-                _open_stores()
-                break
-            except Exception:  # another process is in the middle of the migration
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(1.0 + attempt)  # a store that failed to build is not cached: the next try builds it anew
-    _initialised.add(uri)
 
 
 def git_commit() -> str | None:
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if out.returncode != 0:
             return None
@@ -119,8 +46,6 @@ def git_commit() -> str | None:
 
 
 def _get_or_create_experiment(name: str) -> str:
-    import mlflow
-
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -152,8 +77,6 @@ def find_runs(filters: dict[str, str], experiment_ids: list[str] | None = None, 
     apostrophe); a value it cannot hold is matched here instead, as is every value
     again (equality, exactly), so the answer never depends on the grammar.
     """
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient()
     if experiment_ids is None:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
@@ -227,9 +150,6 @@ def drop_empty_run(run_id: str) -> None:
     made it has exited, or at once when that is this process. Without /proc (not
     Linux) it stays, FINISHED and tagged lesion.resumed_into.
     """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     owner = run_owner(run_id)
     if owner is None:
         return
@@ -299,8 +219,6 @@ class Tracker:
         if not self.enabled:
             yield self
             return
-        import mlflow
-        from mlflow.tracking import MlflowClient
 
         configure_tracking()
         client = MlflowClient()
@@ -384,8 +302,6 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         if not self.active:
             return
-        import mlflow
-        from mlflow.tracking import MlflowClient
 
         existing = MlflowClient().get_run(self.run_id).data.params
         new = {k: str(v) for k, v in params.items() if k not in existing}
@@ -396,8 +312,6 @@ class Tracker:
         """Log each metric once per step, also across resumes (steps already in the store are skipped)."""
         if not self.active:
             return
-        import mlflow
-        from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
         fresh = {}
@@ -412,168 +326,33 @@ class Tracker:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if self.active:
-            import mlflow
-
             mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
     def tags(self) -> dict[str, str]:
         if not self.active:
             return {}
-        from mlflow.tracking import MlflowClient
-
         return MlflowClient().get_run(self.run_id).data.tags
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.active:
-            import mlflow
-
             p = Path(path)
             (mlflow.log_artifacts if p.is_dir() else mlflow.log_artifact)(str(p), artifact_path)
 
     def log_dict(self, data: dict[str, Any], name: str) -> None:
         if self.active:
-            import mlflow
-
             mlflow.log_dict(data, name)
 
     def log_text(self, text: str, name: str) -> None:
         if self.active:
-            import mlflow
-
             mlflow.log_text(text, name)
 
     def log_figure(self, figure: Any, name: str) -> None:
         if self.active:
-            import matplotlib.pyplot as plt
-            import mlflow
-
             mlflow.log_figure(figure, name)
-            plt.close(figure)
+            close_figure(figure)
 
     def log_image(self, image: Any, name: str) -> None:
         """A uint8 (H, W, 3) array as a PNG artifact."""
         if self.active:
-            import mlflow
-
             mlflow.log_image(image, name)
 
-
-# ---------------------------------------------------------------- models and registry
-
-
-def log_segmenter(model_dir: str | Path, example_png: bytes, tracker: Tracker, name: str = "model") -> str | None:
-    """Log a saved segmenter folder as an MLflow pyfunc (images in, masks out); returns its URI."""
-    if not tracker.active:
-        return None
-    import mlflow
-    import pandas as pd
-
-    from lesion.models.pyfunc import pyfunc_signature, pip_requirements
-
-    info = mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).resolve().parent / "models" / "pyfunc_model.py"),
-        artifacts={"model_dir": str(model_dir)},
-        signature=pyfunc_signature(),
-        input_example=pd.DataFrame({"image": [example_png]}),
-        pip_requirements=pip_requirements(),
-        code_paths=[str(Path(__file__).resolve().parent)],
-    )
-    return info.model_uri
-
-
-def logged_location(uri: str) -> str | None:
-    """Where the artifacts of a logged model (models:/m-...) or of a run (runs:/ID[/path]) are stored, or None."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        if uri.startswith("models:/m-"):
-            return MlflowClient().get_logged_model(uri.removeprefix("models:/")).artifact_location
-        if uri.startswith("runs:/"):
-            run_id, _, path = uri.removeprefix("runs:/").partition("/")
-            return MlflowClient().get_run(run_id).info.artifact_uri.rstrip("/") + (f"/{path}" if path else "")
-    except MlflowException:
-        return None
-    return None
-
-
-def share_logged_copy(folder: str | Path, uri: str, min_bytes: int = 1 << 20) -> int:
-    """Hard-link folder's large files to their byte-identical copies logged at uri; returns the bytes saved.
-
-    With a local artifact store (the default ./mlruns next to sqlite:///mlflow.db) MLflow
-    copies every logged model: without this, each stage's weights sit twice on one disk.
-    Nothing writes these files in place afterwards (save_model writes a new file and
-    renames it), so the shared bytes are never changed under the registry. A remote
-    store, another disk or a different file leaves the folder as it is.
-    """
-    import filecmp
-
-    location = logged_location(uri)
-    if location is None or ("://" in location and not location.startswith("file:")):
-        return 0
-    from mlflow.utils.file_utils import local_file_uri_to_path
-
-    root = Path(local_file_uri_to_path(location))
-    saved = 0
-    for ours in Path(folder).iterdir():
-        if not ours.is_file() or ours.stat().st_size < min_bytes:
-            continue
-        for theirs in root.rglob(ours.name):
-            if os.path.samefile(ours, theirs):
-                break
-            if filecmp.cmp(ours, theirs, shallow=False):
-                tmp = ours.with_name(f".{ours.name}.link")
-                try:
-                    tmp.unlink(missing_ok=True)
-                    os.link(theirs, tmp)
-                    os.replace(tmp, ours)
-                except OSError:  # another file system, or links not allowed: keep the copy
-                    tmp.unlink(missing_ok=True)
-                    break
-                saved += ours.stat().st_size
-                break
-    return saved
-
-
-def register(model_uri: str, name: str, tags: dict[str, Any]) -> str:
-    """Register model_uri as a new version of name (created on first use) with tags; returns the version."""
-    import mlflow
-
-    return str(mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()}).version)
-
-
-def set_alias(name: str, alias: str, version: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    MlflowClient().set_registered_model_alias(name, alias, version)
-
-
-def alias_version(name: str, alias: str):
-    """The ModelVersion under alias, or None when the model or the alias does not exist (other errors raise)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        return MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(err):
-            return None
-        raise
-
-
-def figure_to_png(figure: Any) -> bytes:
-    buf = io.BytesIO()
-    figure.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return buf.getvalue()
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path

@@ -1,4 +1,5 @@
-"""Output folders the user names (`out=`): checked before any work, and written only inside.
+"""Files lesion writes: output folders the user names (`out=`), checked before any work and written only inside;
+and JSON records (plans, results, markers), each written atomically.
 
 A file is written under a temporary name in its folder, then renamed over the
 destination: a symlink already there is replaced, never written through, and

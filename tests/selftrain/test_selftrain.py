@@ -182,8 +182,9 @@ class PictureTracker:
 
 @pytest.fixture
 def titles_drawn(monkeypatch):
-    """The column titles every grid is drawn with."""
+    """The column titles every grid of the self-training pictures is drawn with."""
     import lesion.plots as plots
+    import lesion.selftrain.loop as loop
 
     drawn, real = [], plots.titled_grid
 
@@ -192,6 +193,7 @@ def titles_drawn(monkeypatch):
         return real(columns, titles, row_titles)
 
     monkeypatch.setattr(plots, "titled_grid", spy)
+    monkeypatch.setattr(loop, "titled_grid", spy)  # bound at import
     return drawn
 
 
@@ -212,7 +214,6 @@ def has_title_band(picture, rows: int, columns: int, tile: int = 64) -> bool:
 def test_the_stage_comparison_names_its_columns(tmp_path, cache_dir, monkeypatch, titles_drawn):
     import numpy as np
 
-    import lesion.inference
     import lesion.selftrain.loop as loop
 
     data = tiny_data(tmp_path, cache_dir)
@@ -221,7 +222,7 @@ def test_the_stage_comparison_names_its_columns(tmp_path, cache_dir, monkeypatch
     # predictions need no trained model here, only its input conventions
     fake = SimpleNamespace(config=SimpleNamespace(color_constancy="none"))
     monkeypatch.setattr(loop, "load_model", lambda source: (fake, {}))
-    monkeypatch.setattr(lesion.inference, "predict_images",
+    monkeypatch.setattr(loop, "predict_images",
                         lambda model, images, size, **_: [np.full(im.shape[:2], 0.9, np.float32) for im in images])
     history = [loop.StageRecord(name, {"best_dir": name, "val_jaccard": 0.5, "val_dice": 0.6})
                for name in ("teacher", "student", "student*")]

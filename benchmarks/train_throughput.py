@@ -1,8 +1,9 @@
 """Training images/s of the full engine vs a bare loop of the same model on in-memory tensors.
 
 The engine run includes everything a user gets: data from the preprocessing
-cache, augmentation, Accelerate, per-epoch checkpointing and MLflow logging
-(its validation pass is excluded by timing only the training epochs).
+cache, augmentation, Accelerate, per-epoch checkpointing and a finetune's
+callbacks (best/last weights, MLflow logging); its validation pass is excluded
+by timing only the training epochs.
 
     python benchmarks/train_throughput.py [--data ../shared/data/isic2017-sample] [--size 256] [--batch 8] [--steps 24]
 """
@@ -25,6 +26,7 @@ from lesion.models import build_model
 from lesion.tracking import Tracker
 from lesion.train import engine
 from lesion.train.losses import segmentation_loss
+from lesion.train.segmentation import Segmentation, segmentation_callbacks, segmentation_loaders
 
 
 def bare_loop(size: int, batch: int, steps: int) -> float:
@@ -53,21 +55,22 @@ def engine_loop(data: str, size: int, batch: int, steps: int, tmp: str) -> float
     accelerator = engine.make_accelerator(cfg.train)
     tracker = Tracker()
     epoch_times: list[float] = []
-    real_evaluate = engine.evaluate
+    task = Segmentation(cfg.train, val, accelerator)
+    real_validate = task.validate
 
-    def timed_evaluate(*args, **kwargs):  # the clock stops for validation, which is not training throughput
+    def timed_validate(*args, **kwargs):  # the clock stops for validation, which is not training throughput
         epoch_times.append(time.perf_counter())
-        result = real_evaluate(*args, **kwargs)
+        result = real_validate(*args, **kwargs)
         epoch_times.append(time.perf_counter())
         return result
 
-    engine.evaluate = timed_evaluate
+    task.validate = timed_validate
     with tracker.run("benchmark", experiment="lesion-benchmarks", params={"size": size, "batch": batch}):
         start = time.perf_counter()
-        engine.fit(build_model(cfg.model), train, val, prepared.cache, cfg.train, accelerator, tracker,
-                   os.path.join(tmp, "work"), size)
-    engine.evaluate = real_evaluate
-    # epoch 1 = start..first eval; epoch 2 = end of first eval (+ checkpoint, logging)..second eval
+        engine.fit(build_model(cfg.model), task, segmentation_loaders(train, val, cfg.train, seed=0), cfg.train,
+                   engine.FitContext(accelerator, os.path.join(tmp, "work")),
+                   segmentation_callbacks(cfg.train, size, val, tracker))
+    # epoch 1 = start..first validation; epoch 2 = end of first validation (+ checkpoint, logging)..second one
     train_time = (epoch_times[0] - start) + (epoch_times[2] - epoch_times[1])
     return 2 * len(train_rows) / train_time
 

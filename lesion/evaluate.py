@@ -26,7 +26,7 @@ from lesion.outputs import check_out_dir, make_out_dir, save_png_inside, write_j
 from lesion.progress import bar
 from lesion.registry import load_model
 from lesion.stage import stage
-from lesion.train.engine import evaluate
+from lesion.train.segmentation import evaluate
 
 
 def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, batch_size: int, tta: bool,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -28,7 +28,8 @@ from lesion.outputs import write_json
 from lesion.registry import SEGMENTER, init_encoder, log_segmenter, promote_champion, register, share_logged_copy
 from lesion.stage import stage
 from lesion.tracking import Tracker
-from lesion.train.engine import FitResult, fit, resolve_mixed_precision, resolve_workers, score_rows
+from lesion.train.engine import Callback, FitContext, FitResult, fit, resolve_mixed_precision, resolve_workers
+from lesion.train.segmentation import Segmentation, score_rows, segmentation_callbacks, segmentation_loaders
 
 
 def build_initialised_model(cfg: FinetuneConfig, tracker: Tracker) -> torch.nn.Module:
@@ -90,8 +91,11 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
                     data: PreparedData, model: torch.nn.Module | None = None, train_rows=None,
                     pseudo: dict[str, str] | None = None, pseudo_threshold: float = 0.0,
                     sampler_weights: torch.Tensor | None = None, extra_tags: dict[str, Any] | None = None,
-                    epoch_callback=None, epoch_draws: int = 0) -> StageResult:
-    """Fit a segmenter on data (labelled rows, or given train_rows with pseudo-labels), then log and register it."""
+                    callbacks: Sequence[Callback] = (), epoch_draws: int = 0) -> StageResult:
+    """Fit a segmenter on data (labelled rows, or given train_rows with pseudo-labels), then log and register it.
+
+    callbacks: more of fit()'s callbacks (a tune trial's pruning), after the weights, logging and pictures.
+    """
     train_rows = train_rows if train_rows is not None else select(data.rows, "train", labelled=True)
     val_rows = select(data.rows, "val", labelled=True)
     if not val_rows:
@@ -111,9 +115,11 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
             "train_images": len(train_rows), "val_images": len(val_rows), "role": role, "data_summary": data.summary(),
         })
         tracker.log_artifact(workdir / "plan.json", "plan")
-    result = fit(model, train_ds, val_ds, data.cache, cfg.train, accelerator, tracker, workdir, data.image_size,
-                 seed=cfg.run.seed, num_workers=resolve_workers(cfg.data.num_workers), stage=role,
-                 sampler_weights=sampler_weights, epoch_draws=epoch_draws, epoch_callback=epoch_callback)
+    loaders = segmentation_loaders(train_ds, val_ds, cfg.train, cfg.run.seed, resolve_workers(cfg.data.num_workers),
+                                   sampler_weights, epoch_draws)
+    result = fit(model, Segmentation(cfg.train, val_ds, accelerator), loaders, cfg.train,
+                 FitContext(accelerator, workdir, cfg.run.seed, role),
+                 segmentation_callbacks(cfg.train, data.image_size, val_ds, tracker, role, callbacks))
     model_uri = version = test = external = None
     if accelerator.is_main_process and tracker.active and result.history:
         test = score_test_split(result.best_dir, data, cfg.train.batch_size, accelerator.device)

@@ -30,7 +30,7 @@ from lesion.models import io as model_io
 from lesion.models.registry import LesionSegmenter
 from lesion.serving import pip_requirements, pyfunc_signature
 from lesion.tracking import Tracker, configure_tracking
-from lesion.train.engine import score_rows
+from lesion.train.segmentation import score_rows
 
 SEGMENTER = "lesion-segmenter"
 ENCODER = "lesion-encoder"

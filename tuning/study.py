@@ -34,6 +34,7 @@ from lesion.selftrain.pseudo import STATS, PseudoStats, read_stats, select_pseud
 from lesion.selftrain.rounds import check_student, pseudo_round, stage_configs, student_for, train_student, train_teacher
 from lesion.stage import stage
 from lesion.tracking import Tracker
+from lesion.train.callbacks import Pruning
 from lesion.train.engine import make_accelerator
 from tuning.space import SearchSpace
 
@@ -121,19 +122,13 @@ class Study:
         if not selection.kept:
             raise optuna.TrialPruned(f"min_confidence={cfg.pseudo.min_confidence:.3f} keeps no pseudo-label")
         folder = self.workdir / f"trial-{trial.number}"
-
-        def report(epoch: int, record: dict[str, float]) -> None:
-            trial.report(record["val/jaccard"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val/jaccard {record['val/jaccard']:.4f} at epoch {epoch + 1}")
-
         pruned: optuna.TrialPruned | None = None
         with self.tracker.run("tune", self.cfg.tune.study, params={**params, "trial": trial.number,
                                                                    "kept_pseudo_labels": len(selection.kept)},
                               nested=True, stage=f"trial{trial.number}", strict_params=False):
             try:
                 result = train_student(cfg, student_cfg, self.accelerator, self.tracker, folder, data, selection,
-                                       unlabelled_pool(data.rows), epoch_callback=report)
+                                       unlabelled_pool(data.rows), callbacks=[Pruning(trial, optuna.TrialPruned)])
             except optuna.TrialPruned as err:
                 pruned = err
                 self.tracker.set_tags({"lesion.trial_state": "PRUNED", "lesion.trial_note": str(err)})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -25,6 +25,7 @@ from lesion.finetune import StageResult, train_segmenter
 from lesion.models.io import load_model
 from lesion.selftrain.pseudo import Selection, pseudo_label
 from lesion.tracking import Tracker
+from lesion.train.engine import Callback
 
 
 def stage_configs(cfg: SelftrainConfig) -> tuple[FinetuneConfig, FinetuneConfig]:
@@ -82,13 +83,12 @@ def kept_rows(selection: Selection, pool: list[Row]) -> list[Row]:
 
 def train_student(cfg: SelftrainConfig, student_cfg: FinetuneConfig, accelerator: Accelerator, tracker: Tracker,
                   folder: Path, data: PreparedData, selection: Selection, pool: list[Row],
-                  extra_tags: dict[str, Any] | None = None,
-                  epoch_callback: Callable[[int, dict[str, float]], None] | None = None) -> StageResult:
-    """A student on the labelled images plus the kept pseudo-labels, drawn pseudo_ratio to one."""
+                  extra_tags: dict[str, Any] | None = None, callbacks: Sequence[Callback] = ()) -> StageResult:
+    """A student on the labelled images plus the kept pseudo-labels, drawn pseudo_ratio to one (callbacks: pruning)."""
     labelled = select(data.rows, "train", labelled=True)
     pseudo_rows = kept_rows(selection, pool)
     return train_segmenter(
         student_cfg, accelerator, tracker, folder, "student", data, train_rows=labelled + pseudo_rows,
         pseudo={s.id: s.file for s in selection.kept}, pseudo_threshold=cfg.pseudo.threshold,
         sampler_weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio),
-        epoch_draws=cfg.pseudo.student_epoch_images, extra_tags=extra_tags, epoch_callback=epoch_callback)
+        epoch_draws=cfg.pseudo.student_epoch_images, extra_tags=extra_tags, callbacks=callbacks)

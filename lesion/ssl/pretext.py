@@ -1,4 +1,5 @@
-"""The jigsaw pretext task (JIANet idea): puzzles of the images, the checks on their settings, its pictures.
+"""The jigsaw pretext task (JIANet idea) as a fit() task: puzzles of the images, the checks on their settings,
+its loss and queue of negatives (Jigsaw), its pictures and curves, and the encoder it leaves (SaveEncoder).
 
 Sizes: image_size must be a multiple of 32 (the encoder's stride; checked by
 prepare_data). When it is not a multiple of grid, the puzzle is cut from the
@@ -8,18 +9,25 @@ grid 3: 85-px tiles of a 255-px image); the target is always the image itself.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from lesion.config import NoiseConfig, SSLConfig
 from lesion.data.datasets import ImageDataset, epoch_seed, worker_seed
 from lesion.data.transforms import denormalize
 from lesion.errors import ConfigError
+from lesion.models.io import save_encoder
 from lesion.plots import titled_grid
+from lesion.ssl.losses import EmbeddingQueue, info_nce, place_loss, reconstruction_loss, tile_info_nce
 from lesion.ssl.puzzles import assemble, make_puzzle
+from lesion.train.engine import Callback, Fit
 
 
 METRICS = ("pretrain/loss", "pretrain/reconstruction", "pretrain/invariance", "pretrain/tile_invariance",
@@ -109,3 +117,83 @@ def loss_curves(history: list[dict[str, float]]):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+class Jigsaw:
+    """The pretext as a fit() task: the weighted four-term loss (see lesion.pretrain), no validation, no best epoch.
+
+    With queue_size > 0 every batch's image embeddings, gathered from all processes, join a queue of
+    negatives for InfoNCE; the queue is checkpointed (safetensors), so a resume sees the same negatives.
+    """
+
+    monitor = None
+    train_metrics = METRICS
+
+    def __init__(self, ssl: SSLConfig, dataset: PuzzleDataset, accelerator: Accelerator, shown_images: torch.Tensor,
+                 shown_puzzles: torch.Tensor):
+        self.ssl, self.dataset, self.accelerator = ssl, dataset, accelerator
+        self.shown_images, self.shown_puzzles = shown_images, shown_puzzles  # fixed, unaugmented: comparable pictures
+        self.queue = EmbeddingQueue(ssl.queue_size, ssl.projection_dim, accelerator.device)
+        self.embedded: torch.Tensor | None = None  # the last batch's image embeddings, for the queue
+
+    def start(self, model: nn.Module, loaders: dict[str, DataLoader]) -> None:
+        pass
+
+    def train_step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        ssl = self.ssl
+        outputs = model(batch["image"], batch["puzzle"])
+        rec = reconstruction_loss(outputs.reconstruction, batch["image"])
+        inv = info_nce(outputs.z_image, outputs.z_puzzle, ssl.temperature, self.queue.negatives())
+        tile_inv = tile_info_nce(outputs.tiles_image, outputs.tiles_puzzle, batch["perms"], ssl.temperature)
+        place, accuracy = place_loss(outputs.places, batch["perms"])
+        loss = (ssl.reconstruction_weight * rec + ssl.invariance_weight * inv
+                + ssl.tile_invariance_weight * tile_inv + ssl.place_weight * place)
+        self.embedded = outputs.z_image.detach()
+        return loss, torch.stack([loss, rec, inv, tile_inv, place, accuracy]).detach()
+
+    def after_step(self, model: nn.Module, synced: bool) -> None:
+        self.queue.push(self.accelerator.gather(self.embedded))  # every rank keeps the same queue
+
+    def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        return {}
+
+    def kept(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"queue": self.queue.state_dict()["items"]}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "queue" in state:
+            self.queue.load_state_dict({"items": state["queue"]})
+
+    def summary(self, record: dict[str, float]) -> str:
+        loss, rec, inv, tile_inv, place, accuracy = (record[k] for k in METRICS)
+        return (f"loss {loss:.4f} (reconstruction {rec:.4f}, invariance {inv:.4f}, tile invariance {tile_inv:.4f}, "
+                f"place {place:.4f}, tiles placed right {accuracy:.0%})")
+
+    def picture(self, net: nn.Module, device: torch.device) -> np.ndarray:
+        """The shown images, their puzzles, the network's reconstructions [and the tiles where it places them]."""
+        net.eval()
+        with torch.no_grad():
+            rebuilt, places = net.solve(self.shown_puzzles.to(device))
+        columns, titles = [self.shown_images, self.shown_puzzles, rebuilt], ["image", "puzzle", "reconstruction"]
+        if self.ssl.place_weight > 0:  # the tiles where the network places them
+            columns.append(self.dataset.assemble(self.shown_puzzles, places))
+            titles.append("tiles placed")
+        return picture(columns, titles)
+
+
+class SaveEncoder(Callback):
+    """At the end of the epochs, before the resume state goes, the trained encoder as safetensors + its name."""
+
+    def __init__(self, folder: Path, encoder: str, image_size: int, data: str, run_id: str | None,
+                 color_constancy: str):
+        self.folder, self.encoder = folder, encoder
+        self.image_size, self.data, self.run_id, self.color_constancy = image_size, data, run_id, color_constancy
+
+    def on_fit_end(self, fit: Fit) -> None:
+        if fit.ctx.main and fit.state.history:
+            save_encoder(fit.kept.encoder, self.encoder, self.folder, image_size=self.image_size,
+                         epochs=len(fit.state.history), data=self.data, run_id=self.run_id,
+                         color_constancy=self.color_constancy)

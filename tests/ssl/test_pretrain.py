@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file
 
-import lesion.pretrain as pretrain_module
+import lesion.train.engine as engine_module
 from lesion.cli import run_entry_point
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
 from lesion.errors import ConfigError
@@ -127,7 +127,7 @@ class Crash(Exception):
 def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, store, monkeypatch, queue_size):
     reference = pretrained if queue_size == 0 else run_pretrain(
         config(store, run_name=f"reference-q{queue_size}", register=False, queue_size=queue_size))
-    real_save = pretrain_module.save_checkpoint
+    real_save = engine_module.save_checkpoint
 
     def crash_after_epoch_1(accelerator, workdir, progress, **kwargs):
         real_save(accelerator, workdir, progress, **kwargs)
@@ -135,10 +135,10 @@ def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, 
             raise Crash("simulated crash after epoch 1")
 
     name = f"crashy-q{queue_size}"
-    monkeypatch.setattr(pretrain_module, "save_checkpoint", crash_after_epoch_1)
+    monkeypatch.setattr(engine_module, "save_checkpoint", crash_after_epoch_1)
     with pytest.raises(Crash):
         run_pretrain(config(store, run_name=name, register=False, queue_size=queue_size))
-    monkeypatch.setattr(pretrain_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine_module, "save_checkpoint", real_save)
     state = store / "out" / "pretrain" / name / "state"
     assert (state / "extra.safetensors").is_file() and not list(state.glob("custom_checkpoint_*")), \
         "the queue is saved as safetensors: nothing to unpickle on resume"
@@ -154,16 +154,16 @@ def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, 
 
 
 def test_a_crash_after_pretraining_keeps_the_trained_encoder(store, monkeypatch):
-    real_finish = pretrain_module.finish
+    real_finish = engine_module.finish
 
     def crash_once_finished(*args, **kwargs):
         real_finish(*args, **kwargs)
         raise Crash("simulated crash as the run ends")
 
-    monkeypatch.setattr(pretrain_module, "finish", crash_once_finished)
+    monkeypatch.setattr(engine_module, "finish", crash_once_finished)
     with pytest.raises(Crash):
         run_pretrain(config(store, run_name="late-crash", register=False, epochs=1))
-    monkeypatch.setattr(pretrain_module, "finish", real_finish)
+    monkeypatch.setattr(engine_module, "finish", real_finish)
     workdir = store / "out" / "pretrain" / "late-crash"
     assert not (workdir / "state").exists()
     trained = load_file(str(workdir / "encoder" / "encoder.safetensors"))

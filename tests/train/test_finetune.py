@@ -9,6 +9,7 @@ import lesion.finetune as finetune_module
 from lesion.config import from_flat, FinetuneConfig
 from lesion.errors import ConfigError
 from lesion.finetune import run_finetune
+from lesion.train.engine import Callback
 
 TINY = {"data": "synthetic:n=40,size=64,seed=1", "image_size": 64, "batch_size": 8, "epochs": 3, "lr": 3e-3,
         "picture_every": 1}
@@ -72,10 +73,10 @@ def test_a_run_that_ends_early_still_logs_its_final_picture(tmp_path, tracking):
 def test_a_diverging_loss_is_one_clear_line_and_a_failed_run(tmp_path, tracking, monkeypatch):
     import torch
 
-    import lesion.train.engine as engine
+    import lesion.train.segmentation as segmentation
     from lesion.errors import TrainingError
 
-    monkeypatch.setattr(engine, "segmentation_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(segmentation, "segmentation_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError, match=r"^loss became nan at epoch 1; lower lr \(now 0.003\)") as err:
         run_finetune(tiny_config(tmp_path, run_name="nan", epochs=1))
     assert "\n" not in str(err.value)
@@ -88,18 +89,28 @@ class Crash(Exception):
     pass
 
 
+class CrashAfter(Callback):
+    """A crash once `epoch` is checkpointed and logged (where a pruned trial stops)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_checkpoint(self, fit):
+        if fit.state.epoch == self.epoch:
+            raise Crash(f"simulated crash after epoch {self.epoch + 1}")
+
+
+def crashing_after(real_fit, epoch: int):
+    def crashing_fit(model, task, loaders, cfg, ctx, callbacks):
+        return real_fit(model, task, loaders, cfg, ctx, [*callbacks, CrashAfter(epoch)])
+    return crashing_fit
+
+
 def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_path, tracking, monkeypatch, capsys):
     reference = run_finetune(tiny_config(tmp_path / "a", run_name="reference", register=False))
 
     real_fit = finetune_module.fit
-
-    def crashing_fit(*args, **kwargs):
-        def crash(epoch, record):
-            if epoch == 1:
-                raise Crash("simulated crash after epoch 2")
-        return real_fit(*args, **{**kwargs, "epoch_callback": crash})
-
-    monkeypatch.setattr(finetune_module, "fit", crashing_fit)
+    monkeypatch.setattr(finetune_module, "fit", crashing_after(real_fit, epoch=1))
     with pytest.raises(Crash):
         run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False))
     monkeypatch.setattr(finetune_module, "fit", real_fit)
@@ -162,13 +173,7 @@ def test_champion_gate_rescores_the_champion_on_the_candidates_validation_images
 
 def test_resuming_with_another_model_is_a_clear_error(tmp_path, tracking, monkeypatch):
     real_fit = finetune_module.fit
-
-    def crashing_fit(*args, **kwargs):
-        def crash(epoch, record):
-            raise Crash("simulated crash after epoch 1")
-        return real_fit(*args, **{**kwargs, "epoch_callback": crash})
-
-    monkeypatch.setattr(finetune_module, "fit", crashing_fit)
+    monkeypatch.setattr(finetune_module, "fit", crashing_after(real_fit, epoch=0))
     with pytest.raises(Crash):
         run_finetune(tiny_config(tmp_path, run_name="changed", register=False, epochs=2))
     monkeypatch.setattr(finetune_module, "fit", real_fit)

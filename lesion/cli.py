@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("data", help="Data source (synthetic, a folder, or FORMAT:PATH).")
     inspect.add_argument("--unlabeled", default="", help="Extra unlabelled image folders, comma-separated.")
     inspect.add_argument("--cache_dir", default="", help="Cache folder (synthetic data is written there).")
-    inspect.add_argument("--max_pixels", type=int, default=C.DataConfig().max_pixels, help="Pixel limit per image.")
+    inspect.add_argument("--max_pixels", type=int, default=C.MAX_PIXELS, help="Pixel limit per image.")
     inspect.add_argument("--skip_bad", nargs="?", const="true", default="false", metavar="BOOL",
                          help="Report bad files as skipped; usable if any remain (--skip_bad or --skip_bad true).")
     launch = sub.add_parser("launch", help="Run an entry point through `accelerate launch` (multi-process/GPU).")

@@ -41,6 +41,12 @@ SEED = (lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
 SAMPLER_SEED = (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
+# Defined here once; everything else imports them.
+MAX_PIXELS = 150_000_000  # refuse images above this many pixels (decompression-bomb guard)
+SEGMENTER = "lesion-segmenter"  # the registered model of every fine-tuned segmenter
+ENCODER = "lesion-encoder"  # the registered model of every SSL-pretrained encoder
+CHAMPION_URI = f"models:/{SEGMENTER}@champion"  # the default model of evaluate, predict and export
+
 
 def hub_model(encoder: str) -> bool:
     """Whether encoder names a Hugging Face Hub model, which timm downloads even to build it randomly initialised."""
@@ -116,7 +122,7 @@ class DataConfig(Checked):
     test_fraction: float = param(0.0, "Test share of a seeded split, used when the source has no official one.",
                                  valid=RATE)
     cache_dir: str = param("", "Preprocessing cache folder (default: $LESION_CACHE_DIR or ~/.cache/lesion).")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels (decompression-bomb guard).",
+    max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels (decompression-bomb guard).",
                             valid=POSITIVE)
     skip_bad: bool = param(False, "Skip unusable files (counted and logged) instead of stopping with an error.")
     num_workers: int = param(-1, "DataLoader workers (-1: 0 on CPU, up to 8 on GPU).")
@@ -129,8 +135,8 @@ class ModelConfig(Checked):
                          valid=LOCAL_ENCODER)
     encoder_init: str = param(
         "random",
-        "Encoder start: random, imagenet (downloads), an SSL encoder (models:/lesion-encoder/latest, "
-        "runs:/..., or a folder), or a fine-tuned lesion-segmenter to continue from.",
+        f"Encoder start: random, imagenet (downloads), an SSL encoder (models:/{ENCODER}/latest, "
+        f"runs:/..., or a folder), or a fine-tuned {SEGMENTER} to continue from.",
     )
     dropout: float = param(0.0, "Channel dropout before the segmentation head (student noise).", valid=RATE)
     drop_path: float = param(0.0, "Stochastic depth rate in the encoder (student noise).", valid=RATE)
@@ -212,7 +218,7 @@ class FinetuneConfig(Checked):
 
 @dataclass
 class EvaluateConfig(Checked):
-    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
+    model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/) or a local model folder.")
     data: str = param("synthetic", "Data source (same syntax as finetune).")
     split: str = param("val", "Split to score: train, val, test or all.", ("train", "val", "test", "all"))
     image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
@@ -222,7 +228,7 @@ class EvaluateConfig(Checked):
                              ("model", *POSTPROCESS))
     out: str = param("", "Folder for ISIC-format masks <id>_segmentation.png (default: output_dir/evaluate/<run>).")
     cache_dir: str = param("", "Preprocessing cache folder.")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.", valid=POSITIVE)
+    max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels.", valid=POSITIVE)
     skip_bad: bool = param(False, "Skip unusable files instead of stopping.")
     val_fraction: float = param(0.2, "Validation share of a seeded split (must match training to score the same images).",
                                 valid=RATE)
@@ -232,7 +238,7 @@ class EvaluateConfig(Checked):
 
 @dataclass
 class PredictConfig(Checked):
-    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/), a local model folder, or an exported .onnx file.")
+    model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/), a local model folder, or an exported .onnx file.")
     input: str = param("", "An image file or a folder of images.")
     out: str = param("predictions", "Output folder for <id>_segmentation.png masks and <id>_overlay.png pictures.")
     image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
@@ -243,7 +249,7 @@ class PredictConfig(Checked):
                              ("model", *POSTPROCESS))
     probabilities: bool = param(False, "Also write <id>_probability.png: the raw lesion probability (0..255) at the "
                                 "original size, before threshold and post-processing.")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.", valid=POSITIVE)
+    max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels.", valid=POSITIVE)
     skip_bad: bool = param(False, "Skip unreadable images (counted) instead of stopping.")
 
 
@@ -360,7 +366,7 @@ class TuneConfig(Checked):
 
 @dataclass
 class ExportConfig(Checked):
-    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
+    model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/) or a local model folder.")
     out: str = param("", "ONNX file to write (default: outputs/export/<model>.onnx).")
     opset: int = param(17, "ONNX opset.", valid=AT_LEAST_ONE)
     check_images: int = param(4, "Sample images (at several sizes) on which ONNX Runtime must match torch.",

@@ -27,11 +27,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lesion.config import (DataConfig, FinetuneConfig, NoiseConfig, PretrainConfig, ReportConfig, SelftrainConfig,
-                           SweepConfig, SSLConfig)
+from lesion.config import (MAX_PIXELS, SEGMENTER, FinetuneConfig, NoiseConfig, PretrainConfig, ReportConfig,
+                           SelftrainConfig, SweepConfig, SSLConfig)
 from lesion.errors import ConfigError
 from lesion.runs import RunFinished, default_run_name
-from lesion.tracking import SEGMENTER, TAG_ENTRY, TAG_STAGE, Tracker, alias_version, configure_tracking
+from lesion.tracking import TAG_ENTRY, TAG_STAGE, Tracker, alias_version, configure_tracking
 
 METHOD_ORDER = ["supervised (random init)", "supervised (ImageNet init)", "supervised (SSL init)",
                 "self-trained teacher", "student", "student*", "student**"]
@@ -180,7 +180,7 @@ def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
             raise ConfigError(f"the champion's run {champion.run_id} has no data/manifest.csv "
                               f"({type(err).__name__}); pass gallery=0 or re-train the champion with lesion") from None
         rows = select(read_manifest(manifest), "val", labelled=True)
-    cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), DataConfig().max_pixels)
+    cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), MAX_PIXELS)
     samples = [cache.load(r.image, r.mask) for r in rows]
     probs = predict_images(model, [s.image for s in samples], cache.size, color_constancy=model.config.color_constancy)
     scores = [per_image_scores(score_image(p, cache.original_mask(r.image, r.mask),

@@ -101,13 +101,31 @@ def color_constancy_param() -> Any:
 
 
 @dataclass
-class DataConfig(Checked):
+class SourceConfig(Checked):
+    """Where the labelled images come from, how they are read and how they are split: training and evaluate alike
+    (evaluate scores the same split as training only with the same values)."""
+
     data: str = param(
         "synthetic",
         "Data source: 'synthetic[:n=..,size=..,seed=..]', a folder whose layout is detected "
         "(ISIC 2016/2017/2018, PH2, images/+masks/), or FORMAT:PATH with FORMAT one of "
         "isic, ph2, folder.",
     )
+    val_fraction: float = param(0.2, "Validation share of a seeded split, used when the source has no official one "
+                                "(evaluate: the value training used, to score the same images).",
+                                valid=RATE)
+    test_fraction: float = param(0.0, "Test share of a seeded split, used when the source has no official one.",
+                                 valid=RATE)
+    cache_dir: str = param("", "Preprocessing cache folder (default: $LESION_CACHE_DIR or ~/.cache/lesion).")
+    max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels (decompression-bomb guard).",
+                            valid=POSITIVE)
+    skip_bad: bool = param(False, "Skip unusable files (counted and logged) instead of stopping with an error.")
+
+
+@dataclass
+class DataConfig(SourceConfig):
+    """The source, plus what training adds: unlabelled and external images, the labelled share, the resolution."""
+
     unlabeled: str = param("", "Extra unlabelled image folders, comma-separated (for SSL and pseudo-labels).")
     external: str = param("", "Labelled data from another source or clinic (same syntax as data; every image with a "
                           "mask counts): each stage's best checkpoint is scored on it at the end and logged as "
@@ -117,15 +135,12 @@ class DataConfig(Checked):
                         valid=NON_NEGATIVE)
     image_size: int = param(0, "Working resolution (square, multiple of 32); 0: 256 for real data, the synthetic set's own size.",
                             valid=NON_NEGATIVE)
-    val_fraction: float = param(0.2, "Validation share of a seeded split, used when the source has no official one.",
-                                valid=RATE)
-    test_fraction: float = param(0.0, "Test share of a seeded split, used when the source has no official one.",
-                                 valid=RATE)
-    cache_dir: str = param("", "Preprocessing cache folder (default: $LESION_CACHE_DIR or ~/.cache/lesion).")
-    max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels (decompression-bomb guard).",
-                            valid=POSITIVE)
-    skip_bad: bool = param(False, "Skip unusable files (counted and logged) instead of stopping with an error.")
     num_workers: int = param(-1, "DataLoader workers (-1: 0 on CPU, up to 8 on GPU).")
+
+
+def data_config(source: SourceConfig, **values: Any) -> DataConfig:
+    """A DataConfig that reads and splits the images as source does; its other fields at their defaults or as given."""
+    return DataConfig(**{f.name: getattr(source, f.name) for f in dataclasses.fields(SourceConfig)}, **values)
 
 
 @dataclass
@@ -219,7 +234,7 @@ class FinetuneConfig(Checked):
 @dataclass
 class EvaluateConfig(Checked):
     model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/) or a local model folder.")
-    data: str = param("synthetic", "Data source (same syntax as finetune).")
+    data: SourceConfig = field(default_factory=SourceConfig)
     split: str = param("val", "Split to score: train, val, test or all.", ("train", "val", "test", "all"))
     image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
     batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
@@ -227,12 +242,6 @@ class EvaluateConfig(Checked):
     postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
                              ("model", *POSTPROCESS))
     out: str = param("", "Folder for ISIC-format masks <id>_segmentation.png (default: output_dir/evaluate/<run>).")
-    cache_dir: str = param("", "Preprocessing cache folder.")
-    max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels.", valid=POSITIVE)
-    skip_bad: bool = param(False, "Skip unusable files instead of stopping.")
-    val_fraction: float = param(0.2, "Validation share of a seeded split (must match training to score the same images).",
-                                valid=RATE)
-    test_fraction: float = param(0.0, "Test share of a seeded split.", valid=RATE)
     run: RunConfig = field(default_factory=RunConfig)
 
 

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lesion.config import DataConfig, EvaluateConfig, to_flat
+from lesion.config import EvaluateConfig, data_config, to_flat
 from lesion.data.datasets import SegmentationDataset
 from lesion.data.prepare import prepare_data
 from lesion.errors import ConfigError
@@ -56,8 +56,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         workdir = stack.enter_context(claim_run(accelerator, cfg.run.output_dir, "evaluate", run_name))
         model, meta = load_model(cfg.model)
         size = cfg.image_size or int(meta["image_size"])
-        data_cfg = DataConfig(data=cfg.data, image_size=size, cache_dir=cfg.cache_dir, max_pixels=cfg.max_pixels,
-                              skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
+        data_cfg = data_config(cfg.data, image_size=size)
         tags = {"lesion.model": cfg.model, "lesion.model_run": str(meta.get("run_id", ""))}
         stack.enter_context(tracker.run("evaluate", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags))
         fresh_workdir(accelerator, tracker, workdir)  # masks of an older, unfinished attempt must not mix in
@@ -65,7 +64,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         rows = [r for r in data.rows if r.mask and (cfg.split == "all" or r.split == cfg.split)]
         if not rows:
             found = sorted({r.split for r in data.rows if r.mask})
-            raise ConfigError(f"{cfg.data}: no images with masks in split {cfg.split!r}; splits with masks: {found}")
+            raise ConfigError(f"{cfg.data.data}: no images with masks in split {cfg.split!r}; splits with masks: {found}")
         # Every image with a mask counts here, also training images held back as unlabelled elsewhere.
         rows = [replace(r, labelled=True) for r in rows]
         prefix = "ph2" if data.format == "ph2" else cfg.split  # metrics say what they were measured on

@@ -216,6 +216,12 @@ class RunConfig(Checked):
     experiment: str = param("", "MLflow experiment (default: one per entry point).")
     output_dir: str = param("outputs", "Local folder for checkpoints, manifests and predictions.")
     seed: int = param(0, "Seed for splits, initialisation, shuffling and augmentation.", valid=SEED)
+
+
+@dataclass
+class TrainingRunConfig(RunConfig):
+    """A run that trains, and registers what it trained: finetune, pretrain, selftrain and sweep."""
+
     register: bool = param(True, "Register the best model in the MLflow model registry.")
 
 
@@ -228,7 +234,7 @@ class FinetuneConfig(Checked):
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
 
 @dataclass
@@ -298,7 +304,7 @@ class PretrainConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     train: TrainConfig = field(default_factory=_pretrain_train)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
 
 @dataclass
@@ -343,7 +349,7 @@ class SelftrainConfig(Checked):
     train: TrainConfig = field(default_factory=TrainConfig)
     noise: NoiseConfig = field(default_factory=_student_noise)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
 
 @dataclass
@@ -401,7 +407,7 @@ class SweepConfig(Checked):
     methods: str = param("supervised,ssl,selftrain", "Methods: supervised (random init), ssl (SSL init), selftrain.")
     ssl_epochs: int = param(5, "Pretraining epochs for the ssl method (one encoder for every fraction).",
                             valid=AT_LEAST_ONE)
-    run: RunConfig = field(default_factory=lambda: RunConfig(experiment="lesion-sweep"))
+    run: TrainingRunConfig = field(default_factory=lambda: TrainingRunConfig(experiment="lesion-sweep"))
 
 
 # --------------------------------------------------------------------------- flat view

@@ -84,3 +84,22 @@ def test_ranges_hold_for_configs_made_in_code_too():
         C.TrainConfig(batch_size=0)
     with pytest.raises(ConfigError, match="parameter iterations=0 must be >= 1"):
         C.replace_flat(C.SelftrainConfig(), iterations=0)
+
+
+def test_register_is_offered_only_where_something_is_registered():
+    def names(cls):
+        return {n for n, *_ in C.flat_fields(cls)}
+
+    for cls in (C.FinetuneConfig, C.PretrainConfig, C.SelftrainConfig, C.SweepConfig):
+        assert "register" in names(cls) and C.to_flat(cls())["register"] is True, cls
+    for cls in (C.EvaluateConfig, C.TuneConfig, C.PredictConfig, C.ExportConfig, C.ReportConfig):
+        assert "register" not in names(cls), cls
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['register'\] for EvaluateConfig"):
+        C.from_flat(C.EvaluateConfig, {"register": "false"})
+
+
+def test_the_tuning_view_of_a_study_registers_nothing():
+    from tuning.study import selftrain_view
+
+    view = selftrain_view(C.from_flat(C.TuneConfig, {"run_name": "study-run", "seed": 3, "output_dir": "o"}))
+    assert view.run == C.TrainingRunConfig(run_name="study-run", seed=3, output_dir="o", register=False)

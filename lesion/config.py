@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,12 +84,14 @@ FOLDER_NAME = (lambda v: name_problem(v) is None,
 
 
 class Checked:
-    """Every config checks its fields' ranges when it is made: from the CLI, the MLproject, Optuna or code."""
+    """Every config checks its fields' ranges when it is made: from the CLI, the MLproject, Optuna or code.
+
+    None (an Optional field's "the teacher's", say) is in every range."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             valid, value = f.metadata.get("valid"), getattr(self, f.name)
-            if valid and not valid[0](value):
+            if valid and value is not None and not valid[0](value):
                 raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
 
 
@@ -324,11 +328,14 @@ class PseudoConfig(Checked):
     tta: bool = param(True, "Average teacher predictions over flips when pseudo-labelling.")
     student_dropout: float = param(0.2, "Student channel dropout (noise).", valid=RATE)
     student_drop_path: float = param(0.1, "Student stochastic depth (noise).", valid=RATE)
-    student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).",
-                                 valid=LOCAL_ENCODER)
-    student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.",
-                                valid=NON_NEGATIVE)
-    student_lr: float = param(0.0, "Students' peak learning rate (0: lr, the teacher's).", valid=NON_NEGATIVE)
+    # None: the teacher's value (spelled none, or empty: the MLproject's default).
+    student_encoder: str | None = param(None, "Student encoder, e.g. a larger one for more capacity (default: none, "
+                                        "the teacher's encoder).", valid=LOCAL_ENCODER)
+    student_epochs: int | None = param(None, "Epochs per student; students see labelled + pseudo images (default: none, "
+                                       "the teacher's epochs).", valid=(AT_LEAST_ONE[0], ">= 1, or none for the "
+                                                                        "teacher's epochs"))
+    student_lr: float | None = param(None, "Students' peak learning rate (default: none, the teacher's lr).",
+                                     valid=(POSITIVE[0], "> 0, or none for the teacher's lr"))
     student_epoch_images: int = param(0, "Images a student draws per epoch (0: each labelled and kept pseudo-labelled "
                                       "image once). Set it with a large unlabelled pool to keep the students' budget.",
                                       valid=NON_NEGATIVE)
@@ -423,6 +430,25 @@ def _leaf_type(cls: type, name: str) -> type:
     return typing.get_type_hints(cls)[name]
 
 
+NONE_TEXTS = ("", "none")  # how None is spelled in a flat value (any case): what MLflow and the CLI pass as text
+
+
+def optional_base(typ: Any) -> tuple[Any, bool]:
+    """(T, True) for an Optional field's type T | None, else (typ, False)."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        rest = [a for a in args if a is not type(None)]
+        if len(args) == 2 and len(rest) == 1:
+            return rest[0], True
+    return typ, False
+
+
+def type_name(typ: Any) -> str:
+    """int, float, ... ("int or none" for an Optional field)."""
+    base, optional = optional_base(typ)
+    return f"{getattr(base, '__name__', str(base))}{' or none' if optional else ''}"
+
+
 def _group_default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
@@ -456,24 +482,62 @@ def to_flat(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def parse_value(name: str, typ: type, raw: Any) -> Any:
-    if not isinstance(raw, str):
-        if typ is int and isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        return typ(raw)
+def parse_value(name: str, typ: Any, raw: Any) -> Any:
+    """raw (a CLI or MLflow string, or a value from Optuna, JSON or code) as a value of the field type typ.
+
+    An Optional field (T | None) reads None, "", "none" and "None" as None ("the teacher's", say).
+    """
+    base, optional = optional_base(typ)
+    if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in NONE_TEXTS)):
+        return None
     try:
-        if typ is bool:
+        if not isinstance(raw, str):
+            if raw is None or (base is int and isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)  # never 0.5 -> 0, nor None -> "None"
+            return int(raw) if base is int and isinstance(raw, float) else base(raw)
+        if base is bool:
             lowered = raw.strip().lower()
             if lowered in ("1", "true", "yes", "on"):
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        if typ is int and raw.strip().endswith(".0"):  # MLflow passes float-typed params as "3.0"
+        if base is int and raw.strip().endswith(".0"):  # MLflow passes float-typed params as "3.0"
             raw = raw.strip()[:-2]
-        return typ(raw)
-    except ValueError:
-        raise ConfigError(f"parameter {name}={raw!r} is not a valid {typ.__name__}; fix the value and run again") from None
+        return base(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter {name}={raw!r} is not a valid {type_name(typ)}; fix the value and run again") from None
+
+
+def same_value(logged: str, value: Any, typ: Any = None) -> bool:
+    """Whether logged, an MLflow parameter's text, says value (of the field type typ; default: value's own type,
+    and for None any Optional type).
+
+    lesion logs str(value) ("None" for None); `mlflow run` logs each -P value or MLproject default as it put it on
+    the command line: shell-quoted ('' for empty, 'o'"'"'brien' for o'brien) and untyped (true for True, 8 for 8,
+    1e-3 for 0.001). So this compares what the text means, parsed as the field's type, not the text.
+    """
+    if logged == str(value):
+        return True
+    if typ is None:
+        typ = str | None if value is None else type(value)
+    base, _ = optional_base(typ)
+    if base not in (str, bool, int, float):
+        return False
+    texts = [logged]
+    try:
+        words = shlex.split(logged)
+    except ValueError:  # not shell-quoted (an unbalanced quote of lesion's own)
+        words = None
+    if words is not None and len(words) <= 1:
+        texts.append(words[0] if words else "")
+    for text in texts:
+        try:
+            if parse_value("parameter", typ, text) == value:
+                return True
+        except ConfigError:
+            continue
+    return False
 
 
 def from_flat(cls: type, values: dict[str, Any], strict: bool = True) -> Any:
@@ -517,7 +581,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         # Values stay strings here: parse_value reads them as MLflow passes them ("3.0" for an int) and its errors
         # are one line.
         parser.add_argument(f"--{name}", type=str, default=None, help=shown, choices=None if typ is bool else choices,
-                            metavar=typ.__name__.upper() if not choices else None)
+                            metavar=optional_base(typ)[0].__name__.upper() if not choices else None)
 
 
 def from_args(cls: type, args: argparse.Namespace) -> Any:

@@ -23,6 +23,8 @@ entry_points:
 
 
 def _yaml_scalar(value: object) -> str:
+    if value is None:  # an Optional field's "inherit": MLflow passes '' (a YAML null would make it required)
+        return '""'
     if isinstance(value, bool):
         return json.dumps(str(value).lower())
     if isinstance(value, (int, float)):

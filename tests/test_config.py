@@ -103,3 +103,86 @@ def test_the_tuning_view_of_a_study_registers_nothing():
 
     view = selftrain_view(C.from_flat(C.TuneConfig, {"run_name": "study-run", "seed": 3, "output_dir": "o"}))
     assert view.run == C.TrainingRunConfig(run_name="study-run", seed=3, output_dir="o", register=False)
+
+
+# --------------------------------------------------------------------------- None: "the teacher's"
+
+
+@pytest.mark.parametrize("text", ["", "None", "none", " NONE ", None])
+def test_none_is_spelled_empty_or_none_for_optional_fields(text):
+    assert C.parse_value("student_epochs", int | None, text) is None
+    assert C.parse_value("student_encoder", str | None, text) is None
+    cfg = C.from_flat(C.SelftrainConfig, {"student_epochs": text, "student_lr": text, "student_encoder": text})
+    assert (cfg.pseudo.student_epochs, cfg.pseudo.student_lr, cfg.pseudo.student_encoder) == (None, None, None)
+
+
+def test_optional_fields_parse_their_values_and_refuse_the_old_zero():
+    cfg = C.from_flat(C.SelftrainConfig, {"student_epochs": "10.0", "student_lr": "1e-3", "student_encoder": "resnet34"})
+    assert (cfg.pseudo.student_epochs, cfg.pseudo.student_lr, cfg.pseudo.student_encoder) == (10, 0.001, "resnet34")
+    with pytest.raises(ConfigError, match=r"student_epochs=0 must be >= 1, or none for the teacher's epochs"):
+        C.from_flat(C.SelftrainConfig, {"student_epochs": "0"})
+    with pytest.raises(ConfigError, match=r"student_lr='fast' is not a valid float or none"):
+        C.from_flat(C.SelftrainConfig, {"student_lr": "fast"})
+    # "none" is None only where None is a value: postprocess=none is a mode of its own
+    assert C.from_flat(C.FinetuneConfig, {"postprocess": "none"}).model.postprocess == "none"
+    with pytest.raises(ConfigError, match=r"epochs=None is not a valid int"):
+        C.from_flat(C.FinetuneConfig, {"epochs": None})
+
+
+def test_none_round_trips_through_the_flat_view_and_replace_flat():
+    cfg = C.SelftrainConfig()
+    assert C.to_flat(cfg)["student_epochs"] is None and C.from_flat(C.SelftrainConfig, C.to_flat(cfg)) == cfg
+    assert C.replace_flat(cfg, student_lr=5e-4).pseudo.student_lr == 5e-4
+    assert C.replace_flat(C.replace_flat(cfg, student_lr=5e-4), student_lr=None) == cfg
+
+
+def test_students_inherit_the_teachers_values_where_theirs_are_none():
+    from lesion.selftrain.loop import stage_configs
+
+    teacher, student = stage_configs(C.from_flat(C.SelftrainConfig, {"epochs": 5, "lr": 2e-3, "encoder": "resnet34"}))
+    assert (student.train.epochs, student.train.lr, student.model.encoder) == (5, 2e-3, "resnet34")
+    _, student = stage_configs(C.from_flat(C.SelftrainConfig, {"epochs": 5, "student_epochs": 2, "student_lr": 1e-4,
+                                                                "student_encoder": "resnet50"}))
+    assert (student.train.epochs, student.train.lr, student.model.encoder) == (2, 1e-4, "resnet50")
+
+
+def test_student_init_teacher_refuses_another_encoder_only():
+    from lesion.selftrain.loop import check_student
+
+    check_student(C.from_flat(C.SelftrainConfig, {"student_init": "teacher"}))
+    check_student(C.from_flat(C.SelftrainConfig, {"student_init": "teacher", "student_encoder": "resnet18"}))
+    with pytest.raises(ConfigError, match="student_init=teacher needs the teacher's encoder"):
+        check_student(C.from_flat(C.SelftrainConfig, {"student_init": "teacher", "student_encoder": "resnet34"}))
+
+
+def test_help_and_mlproject_say_what_none_means():
+    from lesion.cli import entry_parser
+    from lesion.mlproject import render
+
+    help_text = " ".join(entry_parser("selftrain").format_help().split())
+    assert "(default: none, the teacher's epochs)" in help_text and "(default: None)" not in help_text
+    assert "student_epochs: {type: string, default: \"\"}" in render()
+
+
+@pytest.mark.parametrize("logged, value, typ, same", [
+    ("None", None, int | None, True),    # lesion logs str(value)
+    ("''", None, int | None, True),      # mlflow run logs the MLproject default as it quoted it
+    ("", None, float | None, True),
+    ("none", None, str | None, True),
+    ("'None'", None, None, True),        # the type is not needed for None
+    ("''", None, None, True),
+    ("10", None, int | None, False),
+    ("10", 10, int | None, True),
+    ("10.0", 10, None, True),
+    ("None", 10, None, False),
+    ("''", 1e-3, float | None, False),
+    ("1e-3", 1e-3, float | None, True),
+    ("''", "", str, True),               # a plain string field: '' is the empty string
+    ("none", "none", str, True),         # ... and none is the text none
+    ("none", None, str, False),
+    ("'o'\"'\"'brien'", "o'brien", None, True),
+    ("true", True, None, True),
+    ("o'brien", "o'brien", None, True),  # lesion's own text, not shell-quoted
+])
+def test_same_value_reads_logged_params_as_their_field_type(logged, value, typ, same):
+    assert C.same_value(logged, value, typ) is same

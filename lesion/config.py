@@ -372,7 +372,7 @@ class StudyConfig(Checked):
     sampler_seed: int = param(0, "Seed of the TPE sampler; give each worker of a shared study its own seed, or they propose the same trials.",
                               valid=SAMPLER_SEED)
     trial_epochs: int = param(3, "Student epochs per trial (the short budget).", valid=AT_LEAST_ONE)
-    space: str = param("", "JSON overrides of the search space (tuning/space.py), e.g. '{\"threshold\": [0.7, 0.9], \"lr\": 0.001}'.")
+    space: str = param("", "JSON overrides of the search space (tuning/space.py), e.g. '{\"threshold\": [0.7, 0.9], \"student_lr\": 0.001}' (a number fixes it).")
 
 
 @dataclass
@@ -467,6 +467,16 @@ def flat_fields(cls: type, instance: Any = None) -> list[tuple[str, type, Any, s
     names = [o[0] for o in out]
     dupes = {n for n in names if names.count(n) > 1}
     assert not dupes, f"config field names must be unique across groups: {dupes}"
+    return out
+
+
+def leaf_fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
+    """{flat name: (its type, its dataclasses.Field)} for every leaf of cls; the field's metadata holds help,
+    choices and valid."""
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for f in dataclasses.fields(cls):
+        group = _group_type(cls, f)
+        out.update(leaf_fields(group) if group is not None else {f.name: (_leaf_type(cls, f.name), f)})
     return out
 
 

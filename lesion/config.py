@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 from lesion.data.color import METHODS as COLOR_CONSTANCY
 from lesion.errors import ConfigError
@@ -583,9 +584,19 @@ def replace_flat(cfg: Any, **values: Any) -> Any:
     return from_flat(type(cfg), flat)
 
 
+PRESET = "config"  # --config FILE / -P config=FILE: a preset of flat values, never a config field itself
+FROM_MLPROJECT = "from_mlproject"  # set by the MLproject's command, which passes every parameter
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """--name options for every leaf of cls, with the dataclass default and help."""
+    """--config FILE, then --name options for every leaf of cls, with the dataclass default and help."""
+    parser.add_argument(f"--{PRESET}", type=str, default=None, metavar="FILE",
+                        help="A preset: a JSON object of flat parameters (configs/cpu.json, configs/gpu.json), applied "
+                             "first; the parameters you give win. Names that only other entry points take are skipped "
+                             "(default: none).")
+    parser.add_argument(f"--{FROM_MLPROJECT}", action="store_true", help=argparse.SUPPRESS)
     for name, typ, default, help_text, choices in flat_fields(cls):
+        assert name not in (PRESET, FROM_MLPROJECT), f"{name} is the name of a command-line option"
         # A help text that explains an empty default itself ("default: one per entry point") keeps its own words.
         shown = help_text if "(default:" in help_text else f"{help_text} (default: {default!r})"
         # Values stay strings here: parse_value reads them as MLflow passes them ("3.0" for an int) and its errors
@@ -594,9 +605,55 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                             metavar=optional_base(typ)[0].__name__.upper() if not choices else None)
 
 
-def from_args(cls: type, args: argparse.Namespace) -> Any:
+def from_args(cls: type, args: argparse.Namespace, elsewhere: Collection[str] = ()) -> Any:
+    """The config of the parsed options: the preset's values (--config), then the options given.
+
+    elsewhere: the parameter names of the other entry points, which a preset may hold and this one skips.
+    The MLproject's command passes every parameter, its default too (MLflow cannot tell which -P were given): there
+    a value equal to the default leaves the preset's value in place.
+    """
     given = {n: getattr(args, n) for n, *_ in flat_fields(cls) if getattr(args, n, None) is not None}
-    return from_flat(cls, given)
+    path = getattr(args, PRESET, None)
+    if not path:
+        return from_flat(cls, given)
+    preset = load_preset(path, cls, elsewhere)
+    if getattr(args, FROM_MLPROJECT, False):
+        defaults, leaves = to_flat(cls()), leaf_fields(cls)
+        given = {n: v for n, v in given.items() if not same_value(v, defaults[n], leaves[n][0])}
+    cfg = from_flat(cls, {**preset, **given})
+    if os.environ.get("RANK", "0") == "0":  # once for a group of ranks
+        applied = ", ".join(f"{n}={v}" for n, v in preset.items() if n not in given) or "nothing"
+        overridden = ", ".join(n for n in preset if n in given)
+        print(f"[lesion] config={path}: {applied}" + (f" (given instead: {overridden})" if overridden else ""),
+              flush=True)
+    return cfg
+
+
+def load_preset(path: str, cls: type, elsewhere: Collection[str] = ()) -> dict[str, Any]:
+    """The flat values of a preset file that cls takes, checked; the names in elsewhere (other entry points') are
+    skipped, so that one preset serves every entry point. Any other name is an error that names the file."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config={path}: cannot read the preset ({err}); pass a JSON file such as "
+                          "configs/cpu.json") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config={path} must hold a JSON object of parameter names to values, like configs/cpu.json")
+    known = leaf_fields(cls)
+    for name, value in data.items():
+        if name not in known and name not in elsewhere:
+            raise ConfigError(f"config={path}: {name!r} is no parameter of any entry point; fix or remove it "
+                              "(lesion ENTRY --help lists the names)")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"config={path}: {name}={json.dumps(value)} must be a number, a string, true/false "
+                              "or null")
+    values = {n: v for n, v in data.items() if n in known}
+    try:
+        from_flat(cls, values)
+    except ConfigError as err:
+        raise ConfigError(f"config={path}: {err}") from None
+    return values
 
 
 def load_params_file(path: str) -> dict[str, Any]:

@@ -186,3 +186,91 @@ def test_help_and_mlproject_say_what_none_means():
 ])
 def test_same_value_reads_logged_params_as_their_field_type(logged, value, typ, same):
     assert C.same_value(logged, value, typ) is same
+
+
+# --------------------------------------------------------------------------- presets: --config FILE, -P config=FILE
+
+
+def preset_config(entry: str, argv: list[str]):
+    from lesion.cli import ENTRY_POINTS, entry_parser, parameter_names
+
+    return C.from_args(ENTRY_POINTS[entry].config, entry_parser(entry).parse_args(argv), parameter_names())
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu"])
+def test_the_presets_are_the_readmes_recipes_and_apply_to_every_entry_point(preset):
+    import json
+
+    from lesion.cli import ENTRY_POINTS, parameter_names
+
+    values = json.loads((REPO / "configs" / f"{preset}.json").read_text())
+    assert set(values) <= parameter_names()
+    cfg = preset_config("selftrain", ["--config", str(REPO / "configs" / f"{preset}.json")])
+    flat = C.to_flat(cfg)
+    assert {k: flat[k] for k in values} == values
+    assert (flat["image_size"], flat["encoder"], flat["epochs"]) == {"cpu": (128, "resnet18", 30),
+                                                                     "gpu": (384, "resnet34", 50)}[preset]
+    for entry in ENTRY_POINTS:  # names of other entry points are skipped, never an error
+        preset_config(entry, ["--config", str(REPO / "configs" / f"{preset}.json")])
+
+
+def test_a_preset_applies_first_and_given_parameters_win(tmp_path):
+    preset = tmp_path / "p.json"
+    preset.write_text('{"epochs": 30, "student_epochs": 10, "lr": 0.001, "skip_bad": true, "student_lr": null}')
+    cfg = preset_config("finetune", ["--config", str(preset), "--epochs", "3"])
+    assert (cfg.train.epochs, cfg.train.lr, cfg.data.skip_bad) == (3, 0.001, True)
+    assert C.to_flat(cfg) == {**C.to_flat(C.FinetuneConfig()), "epochs": 3, "lr": 0.001, "skip_bad": True}
+    cfg = preset_config("selftrain", ["--config", str(preset), "--student_epochs", "none"])
+    assert (cfg.train.epochs, cfg.pseudo.student_epochs, cfg.pseudo.student_lr) == (30, None, None)
+    # on the CLI an explicit value wins even where it is the default
+    assert preset_config("finetune", ["--config", str(preset), "--epochs", "8"]).train.epochs == 8
+
+
+def mlproject_argv(entry: str, params: dict[str, str]) -> list[str]:
+    """The entry point's options in the command that `mlflow run -e entry -P ...` runs (MLflow's own substitution)."""
+    import shlex
+
+    from mlflow.projects import _project_spec
+
+    command = _project_spec.load_project(str(REPO)).get_entry_point(entry).compute_command(params, None)
+    words = shlex.split(command)
+    assert words[:6] == ["python", "-m", "lesion.cli", "launch", entry, "--num_processes"]
+    return words[words.index("--") + 1:]
+
+
+def test_through_mlflow_run_a_preset_applies_and_parameters_other_than_the_default_win(tmp_path):
+    cpu = str(REPO / "configs" / "cpu.json")
+    cfg = preset_config("selftrain", mlproject_argv("selftrain", {"config": cpu, "epochs": "5", "lr": "0.001"}))
+    assert (cfg.train.epochs, cfg.train.lr, cfg.pseudo.student_epochs, cfg.data.image_size) == (5, 0.001, 10, 128)
+    # MLflow passes every parameter, its default too: the preset's value stays where -P gives the default
+    cfg = preset_config("selftrain", mlproject_argv("selftrain", {"config": cpu, "epochs": "8", "student_epochs": ""}))
+    assert (cfg.train.epochs, cfg.pseudo.student_epochs) == (30, 10)
+    # without a preset nothing changes: every value MLflow passes is taken
+    plain = preset_config("selftrain", mlproject_argv("selftrain", {"epochs": "5"}))
+    assert plain == C.replace_flat(C.SelftrainConfig(), epochs=5)
+    assert preset_config("evaluate", mlproject_argv("evaluate", {})) == C.EvaluateConfig()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("{epochs: 3", "cannot read the preset"),
+    ("[1, 2]", "must hold a JSON object of parameter names to values"),
+    ('{"epoch": 3}', "'epoch' is no parameter of any entry point"),
+    ('{"epochs": "three"}', "parameter epochs='three' is not a valid int"),
+    ('{"epochs": 0}', "parameter epochs=0 must be >= 1"),
+    ('{"epochs": 2.5}', "parameter epochs=2.5 is not a valid int"),
+    ('{"arch": "segformer"}', "arch='segformer' must be one of"),
+    ('{"data": ["a", "b"]}', 'data=["a", "b"] must be a number, a string, true/false or null'),
+    ('{"epochs": null}', "parameter epochs=None is not a valid int"),
+])
+def test_a_bad_preset_is_one_line_that_names_the_file(text, fragment, tmp_path):
+    preset = tmp_path / "bad.json"
+    preset.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        preset_config("finetune", ["--config", str(preset)])
+    message = str(err.value)
+    assert message.startswith(f"config={preset}") and fragment in message and "\n" not in message, message
+
+
+def test_a_missing_preset_is_one_line():
+    with pytest.raises(ConfigError, match=r"config=nowhere.json: cannot read the preset \(.*No such file"):
+        preset_config("finetune", ["--config", "nowhere.json"])

@@ -59,6 +59,11 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
 }
 
 
+def parameter_names() -> set[str]:
+    """Every entry point's flat parameter names: a preset (--config) may hold any of them."""
+    return {n for entry in ENTRY_POINTS.values() for n, *_ in C.flat_fields(entry.config)}
+
+
 def entry_parser(name: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     entry = ENTRY_POINTS[name]
     # The true defaults are in each help line: argparse's own default is None (unset), so no defaults formatter.
@@ -87,7 +92,7 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
     parser.error = usage_error
     args = parser.parse_args(argv)
     try:
-        cfg = C.from_args(ENTRY_POINTS[name].config, args)
+        cfg = C.from_args(ENTRY_POINTS[name].config, args, parameter_names())
         ENTRY_POINTS[name].function()(cfg)
     except LesionError as err:
         report_user_error(name, str(err))
@@ -127,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("data", help="Data source (synthetic, a folder, or FORMAT:PATH).")
     inspect.add_argument("--unlabeled", default="", help="Extra unlabelled image folders, comma-separated.")
     inspect.add_argument("--cache_dir", default="", help="Cache folder (synthetic data is written there).")
-    inspect.add_argument("--max_pixels", type=int, default=C.DataConfig().max_pixels, help="Pixel limit per image.")
+    inspect.add_argument("--max_pixels", type=int, default=C.MAX_PIXELS, help="Pixel limit per image.")
     inspect.add_argument("--skip_bad", nargs="?", const="true", default="false", metavar="BOOL",
                          help="Report bad files as skipped; usable if any remain (--skip_bad or --skip_bad true).")
     launch = sub.add_parser("launch", help="Run an entry point through `accelerate launch` (multi-process/GPU).")

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lesion.config import DataConfig, EvaluateConfig
+from lesion.config import DataConfig, EvaluateConfig, data_config
 from lesion.data.datasets import SegmentationDataset
 from lesion.errors import ConfigError
 from lesion.inference import final_mask, predict_probabilities
@@ -45,19 +45,22 @@ def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, bat
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.out:
         check_out_dir(cfg.out)  # before hours of scoring
-    model, meta = load_model(cfg.model)
-    size = cfg.image_size or int(meta["image_size"])
-    data_cfg = DataConfig(data=cfg.data, image_size=size, cache_dir=cfg.cache_dir, max_pixels=cfg.max_pixels,
-                          skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
-    tags = {"lesion.model": cfg.model, "lesion.model_run": str(meta.get("run_id", ""))}
-    # fresh_workdir (in stage): masks of an older, unfinished attempt must not mix in.
-    with stage("evaluate", cfg, data=data_cfg, accelerator=Accelerator(cpu=not torch.cuda.is_available()),
-               tags=tags) as ctx:
+    loaded: dict[str, Any] = {}
+
+    def load_source() -> tuple[DataConfig, dict[str, str]]:
+        loaded["model"], meta = load_model(cfg.model)
+        size = cfg.image_size or int(meta["image_size"])
+        return data_config(cfg.data, image_size=size), {"lesion.model": cfg.model,
+                                                         "lesion.model_run": str(meta.get("run_id", ""))}
+
+    # stage's fresh_workdir: masks of an older, unfinished attempt must not mix in.
+    with stage("evaluate", cfg, setup=load_source, accelerator=Accelerator(cpu=not torch.cuda.is_available())) as ctx:
         accelerator, tracker, workdir, data, main = ctx.accelerator, ctx.tracker, ctx.workdir, ctx.data, ctx.main
+        model = loaded["model"]
         rows = [r for r in data.rows if r.mask and (cfg.split == "all" or r.split == cfg.split)]
         if not rows:
             found = sorted({r.split for r in data.rows if r.mask})
-            raise ConfigError(f"{cfg.data}: no images with masks in split {cfg.split!r}; splits with masks: {found}")
+            raise ConfigError(f"{cfg.data.data}: no images with masks in split {cfg.split!r}; splits with masks: {found}")
         # Every image with a mask counts here, also training images held back as unlabelled elsewhere.
         rows = [replace(r, labelled=True) for r in rows]
         prefix = "ph2" if data.format == "ph2" else cfg.split  # metrics say what they were measured on

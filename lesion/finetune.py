@@ -14,7 +14,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from lesion.config import DataConfig, FinetuneConfig, to_flat
+from lesion.config import SEGMENTER, DataConfig, FinetuneConfig, to_flat
 from lesion.data.cache import PreprocessCache
 from lesion.data.datasets import SegmentationDataset
 from lesion.data.prepare import PreparedData, resolve_cache_dir
@@ -25,7 +25,7 @@ from lesion.inference import image_png
 from lesion.models import build_model
 from lesion.models.io import load_model
 from lesion.outputs import write_json
-from lesion.registry import SEGMENTER, init_encoder, log_segmenter, promote_champion, register, share_logged_copy
+from lesion.registry import init_encoder, log_segmenter, promote_champion, register, share_logged_copy
 from lesion.stage import stage
 from lesion.tracking import Tracker
 from lesion.train.engine import Callback, FitContext, FitResult, fit, resolve_mixed_precision, resolve_workers

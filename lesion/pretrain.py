@@ -37,13 +37,13 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from lesion.config import PretrainConfig, to_flat
+from lesion.config import ENCODER, PretrainConfig, to_flat
 from lesion.data.datasets import ImageDataset, seed_worker
 from lesion.data.prepare import resolve_image_size
 from lesion.data.transforms import plain_transform
 from lesion.errors import DataError
 from lesion.outputs import write_json
-from lesion.registry import ENCODER, register_encoder
+from lesion.registry import register_encoder
 from lesion.ssl.model import JigsawAutoEncoder
 from lesion.ssl.pretext import (PRETRAIN_AUGMENTATION, Jigsaw, PuzzleDataset, SaveEncoder, check_config, loss_curves,
                                 puzzle_side)

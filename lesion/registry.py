@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.file_utils import local_file_uri_to_path
 
+from lesion.config import ENCODER, SEGMENTER
 from lesion.data.prepare import PreparedData
 from lesion.data.splits import select
 from lesion.errors import ConfigError, LesionError
@@ -32,8 +33,6 @@ from lesion.serving import pip_requirements, pyfunc_signature
 from lesion.tracking import Tracker, configure_tracking
 from lesion.train.segmentation import score_rows
 
-SEGMENTER = "lesion-segmenter"
-ENCODER = "lesion-encoder"
 URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
 
 

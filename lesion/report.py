@@ -29,7 +29,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from lesion.config import DataConfig, ReportConfig
+from lesion.config import MAX_PIXELS, SEGMENTER, ReportConfig
 from lesion.data.cache import PreprocessCache
 from lesion.data.sources import default_cache_dir
 from lesion.data.splits import read_manifest, select
@@ -37,7 +37,7 @@ from lesion.errors import ConfigError
 from lesion.inference import predict_images
 from lesion.metrics import per_image_scores, score_image
 from lesion.plots import overlay_grid
-from lesion.registry import SEGMENTER, alias_version, load_model
+from lesion.registry import alias_version, load_model
 from lesion.tracking import TAG_ENTRY, TAG_STAGE, Tracker, configure_tracking
 
 METHOD_ORDER = ["supervised (random init)", "supervised (ImageNet init)", "supervised (SSL init)",
@@ -177,7 +177,7 @@ def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
             raise ConfigError(f"the champion's run {champion.run_id} has no data/manifest.csv "
                               f"({type(err).__name__}); pass gallery=0 or re-train the champion with lesion") from None
         rows = select(read_manifest(manifest), "val", labelled=True)
-    cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), DataConfig().max_pixels)
+    cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), MAX_PIXELS)
     samples = [cache.load(r.image, r.mask) for r in rows]
     probs = predict_images(model, [s.image for s in samples], cache.size, color_constancy=model.config.color_constancy)
     scores = [per_image_scores(score_image(p, cache.original_mask(r.image, r.mask),

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lesion.config import MAX_PIXELS
 from lesion.inference import final_mask, mask_png, mask_report, predict_images
 from lesion.models.io import load_model
 
-DEFAULT_MAX_PIXELS = 150_000_000
 
 
 def pyfunc_signature():
@@ -85,7 +85,7 @@ def _threshold(params: dict) -> float:
     return threshold
 
 
-def decode_image(data: bytes | str, row: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes | str, row: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if isinstance(data, str):
         try:
             data = base64.b64decode(data, validate=True)

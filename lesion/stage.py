@@ -18,7 +18,7 @@ import shutil
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
@@ -95,12 +95,15 @@ def fresh_workdir(accelerator: Accelerator, tracker: Tracker, workdir: Path) -> 
 
 @contextmanager
 def stage(entry: str, cfg: Any, *, data: DataConfig | None = None, accelerator: Accelerator | None = None,
-          tags: dict[str, Any] | None = None, need_labels: bool = True, join: str = "") -> Iterator[StageContext]:
+          tags: dict[str, Any] | None = None, need_labels: bool = True, join: str = "",
+          setup: Callable[[], tuple[DataConfig, dict[str, Any]]] | None = None) -> Iterator[StageContext]:
     """The run of entry point `entry` with config cfg (its params), from start to finished mark.
 
     data: the data to prepare (default cfg.data); accelerator: default one built from cfg.train;
     need_labels=False accepts a source without masks (pretraining). join=NAME: join the one
     shared run NAME (a study's) with this process's folder output_dir/<entry>/<NAME>/worker-<pid>.
+    setup: work that must follow the claim but precede the MLflow run (evaluate loads its model there: a busy
+    run is refused first, and a model that does not load leaves no run); returns the data and extra tags.
     """
     accelerator = accelerator or make_accelerator(cfg.train)
     main = accelerator.is_main_process
@@ -116,6 +119,9 @@ def stage(entry: str, cfg: Any, *, data: DataConfig | None = None, accelerator: 
         else:
             run_name = shared_run_name(accelerator, cfg.run.run_name, entry)
             workdir = stack.enter_context(claim_run(accelerator, cfg.run.output_dir, entry, run_name))
+            if setup is not None:
+                data, more_tags = setup()
+                tags.update(more_tags)
             stack.enter_context(tracker.run(entry, run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags))
             fresh_workdir(accelerator, tracker, workdir)
         prepared = prepare_data(data or cfg.data, cfg.run.seed, workdir, main, accelerator.wait_for_everyone,

@@ -131,7 +131,7 @@ def test_single_process_entry_points_refuse_more_processes(entry, capsys):
 
     assert main(["launch", entry, "--num_processes", "2", "--"]) == 2
     message = capsys.readouterr().err
-    assert message.startswith(f"lesion launch: error: num_processes=2: ") and message.count("\n") == 1
+    assert message.startswith("lesion launch: error: num_processes=2: ") and message.count("\n") == 1
 
 
 def test_a_full_disk_is_one_line_and_other_crashes_keep_their_traceback(monkeypatch, capsys):

@@ -19,13 +19,13 @@ import fcntl
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
 
-from lesion.config import SelftrainConfig, TuneConfig, replace_flat, to_flat
+from lesion.config import SelftrainConfig, TrainingRunConfig, TuneConfig, replace_flat, to_flat
 from lesion.data.prepare import PreparedData
 from lesion.data.splits import unlabelled_pool
 from lesion.errors import ConfigError
@@ -61,8 +61,9 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def selftrain_view(cfg: TuneConfig) -> SelftrainConfig:
-    return SelftrainConfig(data=cfg.data, model=cfg.model, train=cfg.train, noise=cfg.noise, pseudo=cfg.pseudo,
-                           run=replace(cfg.run, register=False))
+    """The study's runs as selftrain's, never registered: a trial's student is scored, not kept."""
+    run = TrainingRunConfig(**{f.name: getattr(cfg.run, f.name) for f in fields(cfg.run)}, register=False)
+    return SelftrainConfig(data=cfg.data, model=cfg.model, train=cfg.train, noise=cfg.noise, pseudo=cfg.pseudo, run=run)
 
 
 class Study:

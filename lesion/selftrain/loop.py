@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from accelerate.utils import broadcast_object_list
 
-from lesion.config import SelftrainConfig, load_params_file, replace_flat, to_flat
+from lesion.config import SEGMENTER, SelftrainConfig, load_params_file, replace_flat, to_flat
 from lesion.data.datasets import load_pseudo_label
 from lesion.data.prepare import PreparedData
 from lesion.data.splits import Row, select, unlabelled_pool
@@ -34,7 +34,7 @@ from lesion.inference import predict_images
 from lesion.models.io import load_model
 from lesion.outputs import write_json
 from lesion.plots import overlay, stage_comparison, titled_grid
-from lesion.registry import SEGMENTER, artifact_dir, promote_champion, set_alias
+from lesion.registry import artifact_dir, promote_champion, set_alias
 from lesion.selftrain.pseudo import (DECISIONS, PseudoStats, Selection, mean_valid_fraction, read_stats,
                                     select_pseudo_labels)
 from lesion.selftrain.rounds import (check_student, pseudo_round, stage_configs, student_for, train_student,

@@ -29,12 +29,14 @@ from lesion.train.engine import Callback
 
 
 def stage_configs(cfg: SelftrainConfig) -> tuple[FinetuneConfig, FinetuneConfig]:
-    """Teacher: plain augmentation, no dropout. Student: the noise policy, dropout, stochastic depth."""
+    """Teacher: plain augmentation, no dropout. Student: the noise policy, dropout, stochastic depth; its encoder,
+    epochs and lr are the teacher's where student_encoder, student_epochs, student_lr are None."""
+    pseudo = cfg.pseudo
     teacher = FinetuneConfig(data=cfg.data, model=cfg.model, train=cfg.train, noise=NoiseConfig(noise=0.0), run=cfg.run)
-    student_model = replace(cfg.model, dropout=cfg.pseudo.student_dropout, drop_path=cfg.pseudo.student_drop_path,
-                            encoder=cfg.pseudo.student_encoder or cfg.model.encoder)
-    student_train = replace(cfg.train, epochs=cfg.pseudo.student_epochs or cfg.train.epochs,
-                            lr=cfg.pseudo.student_lr or cfg.train.lr)
+    student_model = replace(cfg.model, dropout=pseudo.student_dropout, drop_path=pseudo.student_drop_path,
+                            encoder=cfg.model.encoder if pseudo.student_encoder is None else pseudo.student_encoder)
+    student_train = replace(cfg.train, epochs=cfg.train.epochs if pseudo.student_epochs is None else pseudo.student_epochs,
+                            lr=cfg.train.lr if pseudo.student_lr is None else pseudo.student_lr)
     student = FinetuneConfig(data=cfg.data, model=student_model, train=student_train, noise=cfg.noise, run=cfg.run)
     return teacher, student
 
@@ -47,7 +49,7 @@ def student_for(student: FinetuneConfig, pseudo: PseudoConfig, teacher_dir: str)
 
 
 def check_student(cfg: SelftrainConfig) -> None:
-    if cfg.pseudo.student_init == "teacher" and cfg.pseudo.student_encoder not in ("", cfg.model.encoder):
+    if cfg.pseudo.student_init == "teacher" and cfg.pseudo.student_encoder not in (None, cfg.model.encoder):
         raise ConfigError(f"student_init=teacher needs the teacher's encoder ({cfg.model.encoder}) in the student, not "
                           f"student_encoder={cfg.pseudo.student_encoder}; drop student_encoder or use "
                           "student_init=encoder_init")

@@ -14,7 +14,6 @@ run it resumed into and deleted, so no empty run stays behind).
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from typing import Any, Iterator
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from lesion.config import parse_value
+from lesion.config import same_value
 from lesion.errors import ConfigError
 from lesion.plots import close_figure
 from lesion.tracking.store import configure_tracking
@@ -141,7 +140,8 @@ def run_owner(run_id: str) -> int | None:
 
 
 def drop_empty_run(run_id: str) -> None:
-    """Delete a run that mlflow run opened for an attempt whose work went into an older run.
+    """Delete a run that mlflow run opened for an attempt whose work went into another run (an older one that
+    it resumes, or a fresh one that logs what a preset changed).
 
     Not at once: after its command exits, mlflow run marks its run terminated (always:
     MLflow 3 compares the status string with status numbers, so it never sees one
@@ -164,33 +164,14 @@ def drop_empty_run(run_id: str) -> None:
 
 
 def same_param(logged: str, value: Any) -> bool:
-    """Whether a logged parameter says value.
+    """Whether a logged parameter says value (config.same_value: `mlflow run` logs its -P values shell-quoted and
+    untyped); MLflow keeps only the first 6000 characters of a value."""
+    return logged == str(value)[:6000] or same_value(logged, value)
 
-    lesion logs str(value); `mlflow run` logs each -P value or MLproject default as
-    it put it on the command line: shell-quoted ('' for empty, 'o'"'"'brien' for
-    o'brien) and untyped (true for True, 8 for 8, 1e-3 for 0.001). So compare what
-    it means, parsed to value's type, not the text.
-    """
-    if logged == str(value)[:6000]:  # MLflow keeps the first 6000 characters of a value
-        return True
-    texts = [logged]
-    try:
-        words = shlex.split(logged)
-    except ValueError:  # not shell-quoted (an unbalanced quote of lesion's own)
-        words = None
-    if words is not None and len(words) <= 1:
-        texts.append(words[0] if words else "")
-    for text in texts:
-        if isinstance(value, str):
-            if text == value:
-                return True
-        elif isinstance(value, (bool, int, float)):
-            try:
-                if parse_value("parameter", type(value), text) == value:
-                    return True
-            except (ConfigError, TypeError, ValueError):
-                continue
-    return False
+
+def _changed(params: dict[str, Any], logged: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """The params whose logged value says something else: name -> (logged, new)."""
+    return {k: (logged[k], str(v)) for k, v in params.items() if k in logged and not same_param(logged[k], v)}
 
 
 class Tracker:
@@ -248,22 +229,31 @@ class Tracker:
         resumed = bool(previous) and previous[0].info.run_id != env_run
         if resumed and params and strict_params:  # refused before anything changes: the old run stays as it was
             self._check_same_params(params, previous[0].data.params, run_name)
+        # mlflow run logged its -P values and MLproject defaults; a preset (config=) may have set others, and a
+        # logged param cannot change: then the work goes into a fresh run that logs the values it used.
+        env_params_differ = bool(env_run and not resumed and params
+                                 and _changed(params, client.get_run(env_run).data.params))
         self._logged_steps = {}
         self.resumed = resumed
         if resumed:
-            run_id = previous[0].info.run_id
-            if env_run:  # mlflow run opened a fresh run that the work does not go into: say where it went
-                client.set_tag(env_run, "lesion.resumed_into", run_id)
-                client.set_terminated(env_run, "FINISHED")
-                os.environ.pop("MLFLOW_RUN_ID", None)
-                drop_empty_run(env_run)  # or it stays in the UI beside the run that holds the work
-            mlflow.start_run(run_id=run_id, nested=nested)
-        elif env_run:
+            mlflow.start_run(run_id=previous[0].info.run_id, nested=nested)
+        elif env_run and not env_params_differ:
             mlflow.start_run(run_id=env_run)
-            # MLflow would re-attach every later (nested) start_run to this id: the env var has done its job.
-            os.environ.pop("MLFLOW_RUN_ID", None)
         else:
             mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None, nested=nested)
+        if env_run:  # MLflow would re-attach every later (nested) start_run to this id: the env var has done its job
+            os.environ.pop("MLFLOW_RUN_ID", None)
+            work_run = mlflow.active_run().info.run_id
+            if work_run != env_run:  # mlflow run's run holds none of the work: say where it went, then drop it
+                if not resumed:  # the fresh run is mlflow run's in all but id: its project and source tags
+                    mlflow.set_tags({k: v for k, v in client.get_run(env_run).data.tags.items()
+                                     if k.startswith("mlflow.") and k not in ("mlflow.runName", "mlflow.parentRunId")})
+                client.set_tag(env_run, "lesion.resumed_into" if resumed else "lesion.moved_into", work_run)
+                print(f"[lesion] mlflow run's run {env_run} is left empty: the work goes into run {work_run} ("
+                      + ("an unfinished run of this run_name, resumed)" if resumed else
+                         "a fresh run: the preset set parameters other than those mlflow run logged)"))
+                client.set_terminated(env_run, "FINISHED")
+                drop_empty_run(env_run)  # or it stays in the UI beside the run that holds the work
         run = mlflow.active_run()
         self.run_id = run.info.run_id
         name = title or (stage if nested else "") or run_name
@@ -292,7 +282,7 @@ class Tracker:
 
     @staticmethod
     def _check_same_params(params: dict[str, Any], logged: dict[str, str], run_name: str) -> None:
-        changed = {k: (logged[k], str(v)) for k, v in params.items() if k in logged and not same_param(logged[k], v)}
+        changed = _changed(params, logged)
         if changed:
             listed = ", ".join(f"{k}={new} (logged: {old})" for k, (old, new) in sorted(changed.items())[:5])
             raise ConfigError(f"run_name {run_name!r} is an unfinished run being resumed, but with other parameters: "

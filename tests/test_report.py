@@ -11,7 +11,6 @@ from lesion.report import run_report
 from lesion.sweep import run_sweep
 
 
-@pytest.mark.slow
 def test_sweep_then_report(tmp_path, tracking, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = run_sweep(from_flat(SweepConfig, {

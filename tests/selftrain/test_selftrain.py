@@ -142,7 +142,6 @@ def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
     assert sorted(v.tags["role"] for v in versions) == ["student", "student", "teacher", "teacher"]
 
 
-@pytest.mark.slow
 def test_a_student_can_start_from_its_teacher(tmp_path, tracking):
     out = run_selftrain(tiny(tmp_path, run_name="warm", iterations=1, student_init="teacher", register="false"))
     client = MlflowClient()
@@ -159,6 +158,7 @@ def test_a_student_from_its_teacher_must_share_its_encoder(tmp_path):
         run_selftrain(tiny(tmp_path, student_init="teacher", student_encoder="resnet34"))
 
 
+@pytest.mark.slow
 def test_when_every_pseudo_label_is_dropped_the_error_says_what_to_change(tmp_path, tracking):
     from lesion.errors import ConfigError
 

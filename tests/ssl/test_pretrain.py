@@ -96,6 +96,7 @@ def test_pretraining_lowers_its_loss_logs_and_registers_the_encoder(pretrained, 
         assert not folder.exists(), "a downloaded copy must not be left in the temp folder"
 
 
+@pytest.mark.slow
 def test_finetuning_from_the_uri_loads_every_encoder_tensor(pretrained, store):
     with artifact_dir("models:/lesion-encoder/latest") as folder:
         logged = load_file(str(folder / "encoder.safetensors"))
@@ -124,6 +125,7 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("queue_size", [0, 8])
+@pytest.mark.slow
 def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, store, monkeypatch, queue_size):
     reference = pretrained if queue_size == 0 else run_pretrain(
         config(store, run_name=f"reference-q{queue_size}", register=False, queue_size=queue_size))
@@ -153,6 +155,7 @@ def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, 
     assert not state.exists(), "finished: the resume state is dropped"
 
 
+@pytest.mark.slow
 def test_a_crash_after_pretraining_keeps_the_trained_encoder(store, monkeypatch):
     real_finish = engine_module.finish
 
@@ -179,6 +182,7 @@ def test_impossible_settings_fail_before_any_run(store, capsys):
     assert "grid=16 at image_size=64 gives 4-px tiles" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_pretrain_entry_point_registers_an_encoder(store, tmp_path):
     before = len(MlflowClient().search_model_versions("name='lesion-encoder'"))
     proc = subprocess.run([sys.executable, "pipelines/pretrain.py", "--data", DATA,
@@ -191,6 +195,7 @@ def test_the_pretrain_entry_point_registers_an_encoder(store, tmp_path):
     assert int(newest.version) == max(int(v.version) for v in versions) and newest.tags["epochs"] == "1"
 
 
+@pytest.mark.slow
 def test_pretraining_needs_no_mask_at_all(store, tmp_path):
     from lesion.data.synthetic import generate_one
 

@@ -19,6 +19,7 @@ def tiny_config(tmp_path, **overrides) -> FinetuneConfig:
     return from_flat(FinetuneConfig, {**TINY, "output_dir": str(tmp_path / "outputs"), **overrides})
 
 
+@pytest.mark.slow
 def test_finetune_learns_logs_and_registers(tmp_path, tracking):
     out = run_finetune(tiny_config(tmp_path, run_name="ft"))
     history = out["history"]
@@ -45,6 +46,7 @@ def test_finetune_learns_logs_and_registers(tmp_path, tracking):
     assert out["test"] is None and "best/test_jaccard" not in run.data.metrics, "no test split, no test score"
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_is_scored_on_the_test_split_as_evaluate_scores_it(tmp_path, tracking):
     from lesion.config import EvaluateConfig
     from lesion.evaluate import run_evaluate
@@ -106,6 +108,7 @@ def crashing_after(real_fit, epoch: int):
     return crashing_fit
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_path, tracking, monkeypatch, capsys):
     reference = run_finetune(tiny_config(tmp_path / "a", run_name="reference", register=False))
 
@@ -149,6 +152,7 @@ def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_pa
     assert (workdir / "best" / "model.safetensors").stat().st_nlink == 2, "one copy of the weights on this disk"
 
 
+@pytest.mark.slow
 def test_champion_gate_rescores_the_champion_on_the_candidates_validation_images(tmp_path, tracking):
     # A barely trained champion whose registered score (from "other data") looks unbeatable.
     weak = run_finetune(tiny_config(tmp_path / "a", data="synthetic:n=40,size=64,seed=7", run_name="weak",
@@ -171,6 +175,7 @@ def test_champion_gate_rescores_the_champion_on_the_candidates_validation_images
     assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == strong["version"]
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_is_a_clear_error(tmp_path, tracking, monkeypatch):
     real_fit = finetune_module.fit
     monkeypatch.setattr(finetune_module, "fit", crashing_after(real_fit, epoch=0))

@@ -89,7 +89,6 @@ def test_three_trials_one_teacher_and_best_params_for_selftrain(tmp_path, tracki
     assert len(nested_runs("teacher")) == 1, "the teacher is trained once per study"
 
 
-@pytest.mark.slow
 def test_pruned_and_failed_trials_do_not_stop_the_study(tmp_path, tracking, monkeypatch):
     real = rounds_module.train_segmenter
 

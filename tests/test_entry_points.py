@@ -33,13 +33,20 @@ def champion_metrics(eval_dir: Path) -> dict:
 @pytest.mark.slow
 def test_mlflow_run_finetune_then_evaluate_and_predict(tmp_path, tracking, cache_dir):
     out = tmp_path / "outputs"
-    run([str(BIN / "mlflow"), "run", str(REPO), "-e", "finetune", "--env-manager", "local", "--experiment-name", "e2e",
-         "-P", f"data={DATA}", "-P", "epochs=2", "-P", "batch_size=8", "-P", f"output_dir={out}",
-         "-P", "run_name=e2e-ft"], cwd=tmp_path)
+    preset = tmp_path / "tiny.json"  # a preset changes values that mlflow run has already logged as the defaults
+    preset.write_text(json.dumps({"epochs": 2, "batch_size": 8, "student_epochs": 1}))
+    log = run([str(BIN / "mlflow"), "run", str(REPO), "-e", "finetune", "--env-manager", "local",
+               "--experiment-name", "e2e", "-P", f"data={DATA}", "-P", f"config={preset}", "-P", f"output_dir={out}",
+               "-P", "run_name=e2e-ft"], cwd=tmp_path)
     client = MlflowClient()
     champion = client.get_model_version_by_alias("lesion-segmenter", "champion")
     run_info = client.get_run(champion.run_id)
     assert run_info.data.tags["lesion.run_name"] == "e2e-ft"
+    assert run_info.data.params["epochs"] == "2" and run_info.data.params["batch_size"] == "8", "the preset's values"
+    assert run_info.data.tags["mlflow.project.entryPoint"] == "finetune"
+    assert "the work goes into run " + champion.run_id in log
+    experiment = client.get_experiment_by_name("e2e").experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [champion.run_id], "one run, no empty one"
 
     masks = tmp_path / "masks"
     run([str(BIN / "lesion"), "evaluate", "--data", DATA, "--split", "val", "--out", str(masks),

@@ -235,14 +235,15 @@ class Tracker:
                                  and _changed(params, client.get_run(env_run).data.params))
         self._logged_steps = {}
         self.resumed = resumed
+        if env_run:  # start_run reads it for any run it starts, and nested ones would re-attach to it: its job is done
+            os.environ.pop("MLFLOW_RUN_ID", None)
         if resumed:
             mlflow.start_run(run_id=previous[0].info.run_id, nested=nested)
         elif env_run and not env_params_differ:
             mlflow.start_run(run_id=env_run)
         else:
             mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None, nested=nested)
-        if env_run:  # MLflow would re-attach every later (nested) start_run to this id: the env var has done its job
-            os.environ.pop("MLFLOW_RUN_ID", None)
+        if env_run:
             work_run = mlflow.active_run().info.run_id
             if work_run != env_run:  # mlflow run's run holds none of the work: say where it went, then drop it
                 if not resumed:  # the fresh run is mlflow run's in all but id: its project and source tags

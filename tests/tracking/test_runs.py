@@ -96,6 +96,38 @@ def test_a_run_started_by_mlflow_run_resumes_with_the_same_command(name, trackin
     assert retry not in active
 
 
+def test_a_preset_under_mlflow_run_moves_the_work_into_a_fresh_run_that_logs_its_values(tracking, monkeypatch):
+    """mlflow run logs the MLproject defaults before lesion reads the preset (config=), and a logged param cannot
+    change: the work goes into a fresh run with the values it used, and mlflow run's empty run is dropped."""
+    from lesion.cli import parameter_names
+    from lesion.config import load_preset
+
+    given = {"run_name": "with-preset", "data": "synthetic:n=24,size=64,seed=5", "config": "configs/cpu.json"}
+    cfg = from_flat(FinetuneConfig, {**load_preset(str(REPO / "configs/cpu.json"), FinetuneConfig, parameter_names()),
+                                     "run_name": "with-preset", "data": given["data"]})
+    client = MlflowClient()
+    experiment = client.create_experiment("preset-via-mlflow-run")
+    env_run = client.create_run(experiment, tags={"mlflow.source.name": "file:///project",
+                                                  "mlflow.project.entryPoint": "finetune"}).info.run_id
+    logged = mlflow_run_params("finetune", given)
+    for key, value in logged.items():
+        client.log_param(env_run, key, value)
+    assert logged["epochs"] != str(cfg.train.epochs), "the preset must change a logged value for this test"
+    monkeypatch.setenv("MLFLOW_RUN_ID", env_run)
+    with Tracker().run("finetune", cfg.run.run_name, params=to_flat(cfg)) as tracker:
+        work_run = tracker.run_id
+        assert work_run != env_run and not tracker.resumed
+    work = client.get_run(work_run)
+    assert work.info.status == "FINISHED" and work.info.experiment_id == experiment
+    assert work.data.params["epochs"] == str(cfg.train.epochs), "the run logs the preset's value"
+    assert work.data.tags["mlflow.runName"] == "with-preset"
+    assert work.data.tags["mlflow.project.entryPoint"] == "finetune", "mlflow run's tags come along"
+    left = client.get_run(env_run)
+    assert left.data.tags["lesion.moved_into"] == work_run
+    assert left.info.status == "FINISHED" and left.info.lifecycle_stage == "deleted"
+    assert "MLFLOW_RUN_ID" not in os.environ
+
+
 def test_default_run_names_do_not_collide_within_a_second():
     from lesion.stage import shared_run_name
 

@@ -18,7 +18,7 @@ import shlex
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Collection
+from typing import Any, Callable, Collection
 
 from lesion.data.color import METHODS as COLOR_CONSTANCY
 from lesion.errors import ConfigError
@@ -234,6 +234,17 @@ class TrainingRunConfig(RunConfig):
 
 
 @dataclass
+class InferenceConfig(Checked):
+    """How evaluate and predict apply a model to images."""
+
+    image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
+    batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
+    tta: bool = param(False, "Average predictions over horizontal/vertical flips.")
+    postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
+                             ("model", *POSTPROCESS))
+
+
+@dataclass
 class FinetuneConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -247,11 +258,7 @@ class EvaluateConfig(Checked):
     model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/) or a local model folder.")
     data: SourceConfig = field(default_factory=SourceConfig)
     split: str = param("val", "Split to score: train, val, test or all.", ("train", "val", "test", "all"))
-    image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
-    batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
-    tta: bool = param(False, "Average predictions over horizontal/vertical flips.")
-    postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
-                             ("model", *POSTPROCESS))
+    infer: InferenceConfig = field(default_factory=InferenceConfig)
     out: str = param("", "Folder for ISIC-format masks <id>_segmentation.png (default: output_dir/evaluate/<run>).")
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -261,12 +268,8 @@ class PredictConfig(Checked):
     model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/), a local model folder, or an exported .onnx file.")
     input: str = param("", "An image file or a folder of images.")
     out: str = param("predictions", "Output folder for <id>_segmentation.png masks and <id>_overlay.png pictures.")
-    image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
-    batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
-    tta: bool = param(False, "Average predictions over flips.")
+    infer: InferenceConfig = field(default_factory=InferenceConfig)
     threshold: float = param(0.5, "Probability threshold for the binary mask.", valid=UNIT)
-    postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
-                             ("model", *POSTPROCESS))
     probabilities: bool = param(False, "Also write <id>_probability.png: the raw lesion probability (0..255) at the "
                                 "original size, before threshold and post-processing.")
     max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels.", valid=POSITIVE)
@@ -351,12 +354,18 @@ def _student_noise() -> NoiseConfig:
 
 
 @dataclass
-class SelftrainConfig(Checked):
+class NoisyStudentConfig(Checked):
+    """What a teacher and its students need: shared by selftrain and by tune, whose trials are students."""
+
     data: DataConfig = field(default_factory=lambda: DataConfig(label_fraction=0.25))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     noise: NoiseConfig = field(default_factory=_student_noise)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+
+
+@dataclass
+class SelftrainConfig(NoisyStudentConfig):
     run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
 
@@ -377,12 +386,7 @@ class StudyConfig(Checked):
 
 
 @dataclass
-class TuneConfig(Checked):
-    data: DataConfig = field(default_factory=lambda: DataConfig(label_fraction=0.25))
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    noise: NoiseConfig = field(default_factory=_student_noise)
-    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+class TuneConfig(NoisyStudentConfig):
     tune: StudyConfig = field(default_factory=StudyConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -632,14 +636,9 @@ def from_args(cls: type, args: argparse.Namespace, elsewhere: Collection[str] = 
 def load_preset(path: str, cls: type, elsewhere: Collection[str] = ()) -> dict[str, Any]:
     """The flat values of a preset file that cls takes, checked; the names in elsewhere (other entry points') are
     skipped, so that one preset serves every entry point. Any other name is an error that names the file."""
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"config={path}: cannot read the preset ({err}); pass a JSON file such as "
-                          "configs/cpu.json") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config={path} must hold a JSON object of parameter names to values, like configs/cpu.json")
+    data = _json_object(path, lambda err: f"config={path}: cannot read the preset ({err}); pass a JSON file such as "
+                                          "configs/cpu.json",
+                        f"config={path} must hold a JSON object of parameter names to values, like configs/cpu.json")
     known = leaf_fields(cls)
     for name, value in data.items():
         if name not in known and name not in elsewhere:
@@ -658,12 +657,19 @@ def load_preset(path: str, cls: type, elsewhere: Collection[str] = ()) -> dict[s
 
 def load_params_file(path: str) -> dict[str, Any]:
     """Flat parameters from a JSON file (tune's best_params.json)."""
+    data = _json_object(path, lambda err: f"{path}: cannot read tuned parameters ({err}); pass tune's best_params.json "
+                                          "or its run URI",
+                        f"{path} must hold a JSON object of parameter names to values")
+    return data.get("params", data)
+
+
+def _json_object(path: str, unreadable: Callable[[Exception], str], not_an_object: str) -> dict[str, Any]:
+    """The JSON object in path; unreadable(the reason) and not_an_object are the one-line errors."""
     try:
         with open(path) as fh:
             data = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read tuned parameters ({err}); pass tune's best_params.json "
-                          "or its run URI") from None
+        raise ConfigError(unreadable(err)) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object of parameter names to values")
-    return data.get("params", data)
+        raise ConfigError(not_an_object)
+    return data

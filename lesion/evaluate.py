@@ -49,7 +49,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     def load_source() -> tuple[DataConfig, dict[str, str]]:
         loaded["model"], meta = load_model(cfg.model)
-        size = cfg.image_size or int(meta["image_size"])
+        size = cfg.infer.image_size or int(meta["image_size"])
         return data_config(cfg.data, image_size=size), {"lesion.model": cfg.model,
                                                          "lesion.model_run": str(meta.get("run_id", ""))}
 
@@ -65,10 +65,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         rows = [replace(r, labelled=True) for r in rows]
         prefix = "ph2" if data.format == "ph2" else cfg.split  # metrics say what they were measured on
         ds = SegmentationDataset(rows, data.cache, color_constancy=model.config.color_constancy)
-        postprocess = model.config.postprocess if cfg.postprocess == "model" else cfg.postprocess
-        loader = DataLoader(ds, cfg.batch_size, shuffle=False)
+        postprocess = model.config.postprocess if cfg.infer.postprocess == "model" else cfg.infer.postprocess
+        loader = DataLoader(ds, cfg.infer.batch_size, shuffle=False)
         model, loader = accelerator.prepare(model, loader)
-        result = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.tta,
+        result = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.infer.tta,
                           postprocess=postprocess, heartbeat=True)
         metrics, counts, index = result.metrics, result.counts, result.index
         metrics[f"{prefix}/images"] = float(len(counts))  # scored once each: no padding duplicates, none dropped
@@ -85,7 +85,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                                      int(result.degenerate[j])])
             tracker.log_artifact(table, "evaluation")
             masks_dir = Path(cfg.out) if cfg.out else workdir / "masks"
-            _write_masks(accelerator.unwrap_model(model), ds, masks_dir, cfg.batch_size, cfg.tta, accelerator.device,
+            _write_masks(accelerator.unwrap_model(model), ds, masks_dir, cfg.infer.batch_size, cfg.infer.tta, accelerator.device,
                          progress=True, postprocess=postprocess)
             out["masks"] = str(masks_dir)
             write_json(workdir / "metrics.json", out)

@@ -4,10 +4,10 @@ a throwaway PostgreSQL server for the distributed tests.
 Two tiers. `make test` runs `pytest -m "not slow"`: the unit tests and one end-to-end test per entry point,
 the cheapest that runs it whole through its function:
 
-    finetune  train/test_finetune.py::test_a_run_that_ends_early_still_logs_its_final_picture
+    finetune  test_finetune.py::test_a_run_that_ends_early_still_logs_its_final_picture
     evaluate  test_degenerate_reporting.py::test_evaluate_reports_the_share_of_degenerate_masks
     predict   test_predict.py::test_predict_keeps_sub_folders_so_names_never_collide
-    pretrain  ssl/test_pretrain.py::test_pretraining_lowers_its_loss_logs_and_registers_the_encoder
+    pretrain  test_pretrain.py::test_pretraining_lowers_its_loss_logs_and_registers_the_encoder
     selftrain selftrain/test_selftrain.py::test_a_student_can_start_from_its_teacher
     export    test_export_and_serving.py::test_onnx_export_matches_torch_and_predicts
     sweep, report  test_report.py::test_sweep_then_report

@@ -130,38 +130,3 @@ def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking
     stage_dirs = [tmp_path / "out" / "selftrain" / parents[0].data.tags["lesion.run_name"] / s for s in ("teacher", "student1")]
     assert all((d / "best" / "model.safetensors").is_file() for d in stage_dirs)
     assert not [d for d in stage_dirs if (d / "state").exists()], "finished stages keep no resume state"
-
-
-@pytest.mark.parametrize("entry", ["tune", "predict", "export", "report", "sweep"])
-def test_single_process_entry_points_refuse_more_processes(entry, capsys):
-    from lesion.cli import main
-
-    assert main(["launch", entry, "--num_processes", "2", "--"]) == 2
-    message = capsys.readouterr().err
-    assert message.startswith("lesion launch: error: num_processes=2: ") and message.count("\n") == 1
-
-
-def test_a_full_disk_is_one_line_and_other_crashes_keep_their_traceback(monkeypatch, capsys):
-    import errno
-
-    import lesion.finetune
-    from lesion.cli import run_entry_point
-
-    def disk_full_inside_a_library(cfg):
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError as err:
-            raise RuntimeError("Error while serializing") from err
-
-    monkeypatch.setattr(lesion.finetune, "run_finetune", disk_full_inside_a_library)
-    assert run_entry_point("finetune", ["--output_dir", "/big/disk"]) == 2
-    message = capsys.readouterr().err
-    assert message.startswith("lesion finetune: error: the disk is full") and message.count("\n") == 1
-    assert "output_dir=/big/disk" in message and "run the same command again" in message
-
-    def a_bug(cfg):
-        raise RuntimeError("shape mismatch")
-
-    monkeypatch.setattr(lesion.finetune, "run_finetune", a_bug)
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        run_entry_point("finetune", [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -67,7 +68,8 @@ def parameter_names() -> set[str]:
 def entry_parser(name: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     entry = ENTRY_POINTS[name]
     # The true defaults are in each help line: argparse's own default is None (unset), so no defaults formatter.
-    parser = parser or argparse.ArgumentParser(prog=f"lesion {name}", description=entry.help)
+    # No abbreviations: --epoch must not quietly mean --epochs (and a later --epoch_x make old commands ambiguous).
+    parser = parser or argparse.ArgumentParser(prog=f"lesion {name}", description=entry.help, allow_abbrev=False)
     C.add_arguments(parser, entry.config)
     return parser
 
@@ -87,6 +89,7 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
 
     def usage_error(message: str) -> None:  # argparse's, as one line (and once for a group of ranks)
         report_user_error(name, f"{message}; see lesion {name} --help")
+        _no_empty_mlflow_run()
         raise SystemExit(2)
 
     parser.error = usage_error
@@ -96,6 +99,7 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
         ENTRY_POINTS[name].function()(cfg)
     except LesionError as err:
         report_user_error(name, str(err))
+        _no_empty_mlflow_run()
         return 2
     except Exception as err:
         if not disk_full(err):
@@ -108,6 +112,14 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
                           "then run the same command again: a training run resumes from its last saved epoch")
         return 2
     return 0
+
+
+def _no_empty_mlflow_run() -> None:
+    """Under `mlflow run`, a command refused before its run started leaves mlflow run's run empty: drop it."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from lesion.tracking import drop_unused_env_run
+
+        drop_unused_env_run()
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
@@ -141,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Processes (GPUs); 0 uses your `accelerate config` as it is (default: 1).")
     launch.epilog = "Everything after -- goes to the entry point, e.g. lesion launch finetune --num_processes 2 -- --epochs 3"
     for name, entry in ENTRY_POINTS.items():
-        entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help))
+        entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help, allow_abbrev=False))
     if argv and argv[0] in ENTRY_POINTS:
         return run_entry_point(argv[0], argv[1:])
     rest: list[str] = []

@@ -71,3 +71,25 @@ def test_a_full_disk_is_one_line_and_other_crashes_keep_their_traceback(monkeypa
     monkeypatch.setattr(lesion.finetune, "run_finetune", a_bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_entry_point("finetune", [])
+
+
+def test_a_command_refused_under_mlflow_run_leaves_no_empty_run(tracking, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.create_experiment("refused")
+    for argv in (["--epochs", "many"], ["--data", "/no/such/folder", "--output_dir", str(tmp_path)]):
+        env_run = client.create_run(experiment).info.run_id  # what mlflow run opens before the command starts
+        monkeypatch.setenv("MLFLOW_RUN_ID", env_run)
+        assert run_entry_point("finetune", argv) == 2
+        err = capsys.readouterr().err  # (and the new store's "Creating initial MLflow database tables" lines)
+        assert err.splitlines()[-1].startswith("lesion finetune: error: ") and "Traceback" not in err
+        assert client.get_run(env_run).info.lifecycle_stage == "deleted", argv
+    assert not client.search_runs([experiment])
+
+
+def test_an_abbreviated_option_is_refused(capsys):
+    with pytest.raises(SystemExit) as done:
+        run_entry_point("finetune", ["--epoch", "1"])
+    assert done.value.code == 2
+    assert "unrecognized arguments: --epoch 1" in capsys.readouterr().err

@@ -25,6 +25,7 @@ ABOVE_LOW = ("lesion.tracking", "lesion.registry", "lesion.stage", "lesion.servi
 LAZY_ALLOWED = {
     ("lesion.cli", "lesion.data.inspect"),  # `lesion data inspect` only
     ("lesion.cli", "lesion.launch"),  # `lesion launch` only
+    ("lesion.cli", "lesion.tracking"),  # mlflow, only to drop mlflow run's run after a refused command
     ("lesion.cli", "lesion.cli"),  # python -m lesion.cli: the module, not __main__, holds the registry
     ("lesion.data.sources", "lesion.data.synthetic"),  # cv2 drawing, only for synthetic data
     ("lesion.data.synthetic", "lesion.progress"),

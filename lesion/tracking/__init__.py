@@ -4,7 +4,8 @@ Registering models is not here: see lesion/registry.py.
 """
 
 from lesion.tracking.store import DEFAULT_TRACKING_URI, configure_tracking
-from lesion.tracking.tracker import TAG_ENTRY, TAG_RUN_NAME, TAG_STAGE, Tracker, find_runs, finished_stage
+from lesion.tracking.tracker import (TAG_ENTRY, TAG_RUN_NAME, TAG_STAGE, Tracker, drop_unused_env_run, find_runs,
+                                    finished_stage)
 
 __all__ = ["DEFAULT_TRACKING_URI", "TAG_ENTRY", "TAG_RUN_NAME", "TAG_STAGE", "Tracker", "configure_tracking",
-           "find_runs", "finished_stage"]
+           "drop_unused_env_run", "find_runs", "finished_stage"]

@@ -7,8 +7,9 @@ Runs are found again by their tags (`lesion.entry_point`, `lesion.run_name`,
 `lesion.stage`): re-running the same command with the same run_name resumes
 the unfinished run instead of starting a new one, which is what makes
 crash-resume possible, also under `mlflow run` (which always opens a fresh
-run: when the work goes into an older run, that fresh one is tagged with the
-run it resumed into and deleted, so no empty run stays behind).
+run: when the work goes into an older run, or into a fresh one because a
+preset changed a parameter mlflow run had logged, its run is tagged with the
+run that holds the work and deleted, so no empty run stays behind).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from lesion.config import same_value
-from lesion.errors import ConfigError
+from lesion.errors import ConfigError, LesionError
 from lesion.plots import close_figure
 from lesion.tracking.store import configure_tracking
 
@@ -163,15 +164,77 @@ def drop_empty_run(run_id: str) -> None:
                      start_new_session=True)  # outlives this job, and a kill of its process group
 
 
+def drop_unused_env_run() -> None:
+    """mlflow run's run, when its command stopped on a user error before any work went into it: tagged, then
+    dropped (drop_empty_run), so that bad input leaves no empty run in the UI. Best effort: the one-line error
+    is what matters."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id or os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        configure_tracking()
+        client = MlflowClient()
+        if client.get_run(run_id).data.metrics or client.list_artifacts(run_id):
+            return
+        client.set_tag(run_id, "lesion.stopped", "a user error before any work (the message is in the console)")
+        drop_empty_run(run_id)
+    except Exception:  # noqa: BLE001 - a store that cannot be reached changes nothing for the user's fix
+        pass
+
+
 def same_param(logged: str, value: Any) -> bool:
     """Whether a logged parameter says value (config.same_value: `mlflow run` logs its -P values shell-quoted and
     untyped); MLflow keeps only the first 6000 characters of a value."""
     return logged == str(value)[:6000] or same_value(logged, value)
 
 
+# How the run was found, not what it computes: a run started without them logged '' (its name was generated,
+# its experiment the default), and the re-run that names them is the same run.
+IDENTITY_PARAMS = ("run_name", "experiment")
+
+
 def _changed(params: dict[str, Any], logged: dict[str, str]) -> dict[str, tuple[str, str]]:
     """The params whose logged value says something else: name -> (logged, new)."""
-    return {k: (logged[k], str(v)) for k, v in params.items() if k in logged and not same_param(logged[k], v)}
+    return {k: (logged[k], str(v)) for k, v in params.items()
+            if k in logged and k not in IDENTITY_PARAMS and not same_param(logged[k], v)}
+
+
+def _unfinished_run(entry_point: str, run_name: str, stage: str, parent: str | None, experiment_id: str,
+                    reopen_finished: bool):
+    """The newest run of this entry point, run_name and stage (under parent, for a nested one) that an earlier
+    attempt left unfinished (with reopen_finished: or finished), or None."""
+    if not run_name:
+        return None
+    filters = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, **({TAG_STAGE: stage} if stage else {}),
+               **({"mlflow.parentRunId": parent} if parent else {})}
+    statuses = ("RUNNING", "FAILED", "KILLED") + (("FINISHED",) if reopen_finished else ())
+    found = [r for r in find_runs(filters, [experiment_id], statuses)
+             if r.data.tags.get(TAG_STAGE, "") == stage]  # a parent is not its stages
+    return found[0] if found else None
+
+
+def _run_tags(entry_point: str, run_name: str, stage: str, tags: dict[str, str] | None) -> dict[str, str]:
+    """What finds the run again (entry point, run_name, stage), the caller's tags, and the git commit."""
+    all_tags = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, **({TAG_STAGE: stage} if stage else {}),
+                **(tags or {})}
+    commit = git_commit()
+    if commit:
+        all_tags.setdefault("mlflow.source.git.commit", commit.removesuffix("-dirty"))
+        all_tags["lesion.git_commit"] = commit
+    return all_tags
+
+
+def _leave_empty(client: MlflowClient, env_run: str, work_run: str, resumed: bool) -> None:
+    """mlflow run's run holds none of the work (it went into work_run): say where it went, then drop it."""
+    if not resumed:  # the fresh run is mlflow run's in all but id: its project and source tags
+        mlflow.set_tags({k: v for k, v in client.get_run(env_run).data.tags.items()
+                         if k.startswith("mlflow.") and k not in ("mlflow.runName", "mlflow.parentRunId")})
+    client.set_tag(env_run, "lesion.resumed_into" if resumed else "lesion.moved_into", work_run)
+    print(f"[lesion] mlflow run's run {env_run} is left empty: the work goes into run {work_run} ("
+          + ("an unfinished run of this run_name, resumed)" if resumed else
+             "a fresh run: the preset set parameters other than those mlflow run logged)"))
+    client.set_terminated(env_run, "FINISHED")
+    drop_empty_run(env_run)  # or it stays in the UI beside the run that holds the work
 
 
 class Tracker:
@@ -212,23 +275,11 @@ class Tracker:
             experiment_id = active.info.experiment_id
         else:
             experiment_id = _get_or_create_experiment(experiment or f"lesion-{entry_point}")
-        filters = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name}
-        if stage:
-            filters[TAG_STAGE] = stage
-        if nested and active is not None:
-            filters["mlflow.parentRunId"] = active.info.run_id
-        statuses = ("RUNNING", "FAILED", "KILLED") + (("FINISHED",) if reopen_finished else ())
-        previous = find_runs(filters, [experiment_id], statuses) if run_name else []
-        previous = [r for r in previous if r.data.tags.get(TAG_STAGE, "") == stage]  # a parent is not its stages
-        all_tags = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, **({TAG_STAGE: stage} if stage else {}),
-                    **(tags or {})}
-        commit = git_commit()
-        if commit:
-            all_tags.setdefault("mlflow.source.git.commit", commit.removesuffix("-dirty"))
-            all_tags["lesion.git_commit"] = commit
-        resumed = bool(previous) and previous[0].info.run_id != env_run
+        parent = active.info.run_id if nested and active is not None else None
+        previous = _unfinished_run(entry_point, run_name, stage, parent, experiment_id, reopen_finished)
+        resumed = previous is not None and previous.info.run_id != env_run
         if resumed and params and strict_params:  # refused before anything changes: the old run stays as it was
-            self._check_same_params(params, previous[0].data.params, run_name)
+            self._check_same_params(params, previous.data.params, run_name)
         # mlflow run logged its -P values and MLproject defaults; a preset (config=) may have set others, and a
         # logged param cannot change: then the work goes into a fresh run that logs the values it used.
         env_params_differ = bool(env_run and not resumed and params
@@ -238,30 +289,23 @@ class Tracker:
         if env_run:  # start_run reads it for any run it starts, and nested ones would re-attach to it: its job is done
             os.environ.pop("MLFLOW_RUN_ID", None)
         if resumed:
-            mlflow.start_run(run_id=previous[0].info.run_id, nested=nested)
+            mlflow.start_run(run_id=previous.info.run_id, nested=nested)
         elif env_run and not env_params_differ:
             mlflow.start_run(run_id=env_run)
         else:
             mlflow.start_run(experiment_id=experiment_id, run_name=run_name or None, nested=nested)
-        if env_run:
-            work_run = mlflow.active_run().info.run_id
-            if work_run != env_run:  # mlflow run's run holds none of the work: say where it went, then drop it
-                if not resumed:  # the fresh run is mlflow run's in all but id: its project and source tags
-                    mlflow.set_tags({k: v for k, v in client.get_run(env_run).data.tags.items()
-                                     if k.startswith("mlflow.") and k not in ("mlflow.runName", "mlflow.parentRunId")})
-                client.set_tag(env_run, "lesion.resumed_into" if resumed else "lesion.moved_into", work_run)
-                print(f"[lesion] mlflow run's run {env_run} is left empty: the work goes into run {work_run} ("
-                      + ("an unfinished run of this run_name, resumed)" if resumed else
-                         "a fresh run: the preset set parameters other than those mlflow run logged)"))
-                client.set_terminated(env_run, "FINISHED")
-                drop_empty_run(env_run)  # or it stays in the UI beside the run that holds the work
-        run = mlflow.active_run()
-        self.run_id = run.info.run_id
+        self.run_id = mlflow.active_run().info.run_id
+        if env_run and self.run_id != env_run:
+            _leave_empty(client, env_run, self.run_id, resumed)
         name = title or (stage if nested else "") or run_name
         if name:  # also under mlflow run, whose run would keep a random name
             mlflow.set_tag("mlflow.runName", name)
-        mlflow.set_tags(all_tags)
-        status = "FINISHED"
+        mlflow.set_tags(_run_tags(entry_point, run_name, stage, tags))
+        if not nested:
+            print(f"[lesion] {entry_point} run {name or self.run_id!r} (MLflow run {self.run_id}"
+                  + (", resumed" if resumed else "") + (f"); after a crash, the same command with run_name={run_name} "
+                                                        "resumes it" if run_name else ")"), flush=True)
+        status, empty = "FINISHED", False
         try:
             if params:
                 self.log_params(params)
@@ -269,13 +313,24 @@ class Tracker:
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except LesionError:
+            status = "FAILED"
+            empty = not resumed and not nested and self._holds_nothing()
+            raise
         except BaseException:
             status = "FAILED"
             raise
         finally:
             mlflow.end_run(status)
+            if empty:  # a user error before any work (bad data, say): the fix is a new command, not this run
+                drop_empty_run(self.run_id)
             if nested:
                 self.run_id, self.resumed, self._logged_steps = outer
+
+    def _holds_nothing(self) -> bool:
+        """Whether the run has no metric and no artifact yet (its params say only what was asked)."""
+        client = MlflowClient()
+        return not client.get_run(self.run_id).data.metrics and not client.list_artifacts(self.run_id)
 
     @property
     def active(self) -> bool:

@@ -127,6 +127,43 @@ def test_a_preset_under_mlflow_run_moves_the_work_into_a_fresh_run_that_logs_its
     assert "MLFLOW_RUN_ID" not in os.environ
 
 
+def test_a_run_with_a_generated_name_resumes_when_that_name_is_given(tracking):
+    """A run started without run_name logged run_name='' (the name was generated): the re-run that names it is the
+    same run, not one "with other parameters"."""
+    with pytest.raises(RuntimeError):
+        with Tracker().run("finetune", "finetune-20261202-1200-ab12", "generated",
+                           params={"run_name": "", "experiment": "", "epochs": 2}) as first:
+            raise RuntimeError("crash")
+    with Tracker().run("finetune", "finetune-20261202-1200-ab12", "generated",
+                       params={"run_name": "finetune-20261202-1200-ab12", "experiment": "generated", "epochs": 2}) as again:
+        assert again.resumed and again.run_id == first.run_id
+    with pytest.raises(RuntimeError):
+        with Tracker().run("finetune", "other", "generated", params={"epochs": 2}) as crashed:
+            raise RuntimeError("crash")
+    with pytest.raises(ConfigError, match=r"other parameters: epochs=3 \(logged: 2\)"):
+        with Tracker().run("finetune", "other", "generated", params={"epochs": 3}):
+            pass
+    assert MlflowClient().get_run(crashed.run_id).info.status == "FAILED"
+
+
+def test_a_user_error_before_any_work_leaves_no_run_and_one_after_keeps_it(tracking):
+    client = MlflowClient()
+    with pytest.raises(ConfigError):
+        with Tracker().run("finetune", "bad-data", "errors", params={"data": "/no/such/folder"}) as refused:
+            raise ConfigError("data=/no/such/folder: no such folder")
+    assert client.get_run(refused.run_id).info.lifecycle_stage == "deleted", "nothing in it: no empty run stays"
+    with pytest.raises(ConfigError):
+        with Tracker().run("finetune", "late", "errors", params={"epochs": 2}) as worked:
+            worked.log_metrics({"train/loss": 0.5}, step=1)
+            raise ConfigError("every pseudo-label was dropped")
+    kept = client.get_run(worked.run_id)
+    assert kept.info.lifecycle_stage == "active" and kept.info.status == "FAILED", "it holds work: resumable"
+    with pytest.raises(RuntimeError):
+        with Tracker().run("finetune", "a-bug", "errors", params={"epochs": 2}) as bug:
+            raise RuntimeError("shape mismatch")
+    assert client.get_run(bug.run_id).info.lifecycle_stage == "active", "a crash keeps its run, for its traceback"
+
+
 def test_default_run_names_do_not_collide_within_a_second():
     from lesion.stage import shared_run_name
 

@@ -48,7 +48,8 @@ def resolve_artifact_dir(source: str, dst: str | Path | None = None) -> Path:
                 artifact_uri=source, dst_path=str(dst or tempfile.mkdtemp(prefix="lesion-"))))
         except Exception as err:  # MLflow raises many types; the user needs one line
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"cannot load {source}: {first}; check the name/alias with `mlflow ui` or pass a local folder") from None
+            raise ConfigError(f"cannot load {source}: {first.rstrip('.')}; check the name/alias with `mlflow ui` or pass a "
+                              "local folder") from None
     path = Path(source)
     if not path.exists():
         raise ConfigError(f"{source}: no such model folder or URI; pass models:/NAME@ALIAS, runs:/RUN_ID/PATH or a folder")

@@ -1,5 +1,8 @@
 # make demo: set up .venv from nothing, then run the main job on the built-in synthetic data.
-# make test: set up .venv (with test extras) if needed, then run the test suite.
+# make test: set up .venv (with test extras) if needed, then run the fast tier: unit tests and one end-to-end
+#   test per entry point (pytest -m "not slow"; no PostgreSQL needed).
+# make test-all: every test, the slow tier too (multi-process launches, mlflow run, kill -9 resumes, PostgreSQL);
+#   what CI runs (.ci/run).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -9,7 +12,7 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # Tokenizers and OpenMP: one thread pool per process, sized to the machine.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test venv mlproject clean postgres
+.PHONY: demo test test-all venv mlproject clean postgres
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}: make PYTHON=/path/to/python3.11"'
@@ -32,7 +35,10 @@ postgres:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	  || echo "note: PostgreSQL is not installed; the distributed-tuning test will be skipped"; }
 
-test: $(STAMP) postgres
+test: $(STAMP)
+	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP) postgres
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 mlproject: $(STAMP)

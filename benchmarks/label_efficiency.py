@@ -55,7 +55,7 @@ def pool_folder(args) -> str:
 
 
 def baseline(args, seed: int) -> list[dict]:
-    from lesion.train.finetune import run_finetune
+    from lesion.finetune import run_finetune
 
     tag = f"{args.size}px-s{seed}" + "".join(f"-{kv}" for kv in args.set)
     out = run_finetune(from_flat(FinetuneConfig, {**common(args, seed), "label_fraction": 1.0,

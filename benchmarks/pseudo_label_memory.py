@@ -3,9 +3,10 @@
     python -m benchmarks.pseudo_label_memory            # --pools 250,1000,4000 --size 128 --batch 8
 
 For each pool size, a fresh process prepares a synthetic data set (1 labelled
-image per 50, the rest unlabelled) in a throwaway cache, builds a U-Net, runs one
-warm-up batch, resets the kernel's peak-RSS counter (/proc/self/clear_refs) and
-pseudo-labels the whole pool with flip TTA, exactly as the selftrain stage does.
+image per 50, the rest unlabelled) in a throwaway cache, builds a U-Net (on the GPU
+where there is one, as the selftrain stage), runs one warm-up batch, resets the
+kernel's peak-RSS counter (/proc/self/clear_refs) and pseudo-labels the whole
+pool with flip TTA, exactly as the selftrain stage does.
 It prints the peak resident memory during pseudo-labelling and how much of it
 came on top of the process before it started.
 """
@@ -47,8 +48,8 @@ def child(pool: int, size: int, batch: int, cache_dir: str) -> dict:
                          cache_dir=cache_dir)
         data = prepare_data(cfg, 0, out, progress=False)
         rows = unlabelled_pool(data.rows)
-        model = build_model(ModelConfig()).eval()
-        accelerator = Accelerator(cpu=True)
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())  # on a GPU where there is one, as selftrain
+        model = build_model(ModelConfig()).eval().to(accelerator.device)
         pseudo_label(model, rows[:batch], data.cache, accelerator, Path(out) / "warm", batch, tta=True)
         before = _status_kib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
@@ -58,7 +59,8 @@ def child(pool: int, size: int, batch: int, cache_dir: str) -> dict:
         peak = _status_kib("VmHWM")
     assert len(stats) == len(rows) == pool, (len(stats), len(rows), pool)
     return {"pool": pool, "rss_before_mib": before / 1024, "peak_mib": peak / 1024,
-            "growth_mib": (peak - before) / 1024, "images_per_s": pool / seconds, "threads": torch.get_num_threads()}
+            "growth_mib": (peak - before) / 1024, "images_per_s": pool / seconds, "threads": torch.get_num_threads(),
+            "device": str(accelerator.device)}
 
 
 def main() -> None:
@@ -83,7 +85,8 @@ def main() -> None:
                 raise SystemExit(f"pool {pool} failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(line.removeprefix("RESULT ")))
     print(f"\nmachine: {machine()}")
-    print(f"command: python -m benchmarks.pseudo_label_memory {' '.join(sys.argv[1:])}\n")
+    print(f"command: python -m benchmarks.pseudo_label_memory {' '.join(sys.argv[1:])}")
+    print(f"device: {rows[0]['device']}, {args.size} px, batch {args.batch}, flip TTA\n")
     print_table(["unlabelled pool", "RSS before (MiB)", "peak while pseudo-labelling (MiB)", "growth (MiB)", "images/s"],
                 [[r["pool"], f"{r['rss_before_mib']:.0f}", f"{r['peak_mib']:.0f}", f"{r['growth_mib']:.0f}",
                   f"{r['images_per_s']:.1f}"] for r in rows])

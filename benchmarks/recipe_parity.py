@@ -146,7 +146,7 @@ def reference_loop(train, val, external, args, seed: int) -> dict:
 def run_lesion(args, fraction: float, seed: int) -> dict:
     from lesion.config import FinetuneConfig, from_flat
     from lesion.runs import default_run_name
-    from lesion.train.finetune import run_finetune
+    from lesion.finetune import run_finetune
 
     tag = f"{args.arch}-{args.size}px-{int(fraction * 100)}pct-s{seed}" + "".join(f"-{kv}" for kv in args.lesion_set)
     cfg = from_flat(FinetuneConfig, {
@@ -165,7 +165,7 @@ def lesion_external(model_dir: str, external_pairs: list[tuple[str, str]]) -> di
     post-processing as saved with the model), and the reference scorer's Jaccard of the raw 0.5 threshold."""
     from lesion.inference import predict_images, score_prediction
     from lesion.metrics import per_image_scores
-    from lesion.models.io import load_model
+    from lesion.registry import load_model
 
     model, meta = load_model(model_dir)
     images = [read_rgb(p) for p, _ in external_pairs]

@@ -39,7 +39,7 @@ def common(args: argparse.Namespace) -> dict:
 
 
 def pretrain(args: argparse.Namespace, tag: str) -> dict:
-    from lesion.ssl.pretrain import run_pretrain
+    from lesion.pretrain import run_pretrain
 
     overrides = dict(kv.split("=", 1) for kv in args.set)
     started = time.time()
@@ -49,7 +49,7 @@ def pretrain(args: argparse.Namespace, tag: str) -> dict:
 
 
 def finetune(args: argparse.Namespace, name: str, encoder_init: str, seed: int) -> dict:
-    from lesion.train.finetune import run_finetune
+    from lesion.finetune import run_finetune
 
     started = time.time()
     overrides = dict(kv.split("=", 1) for kv in args.ft_set)

@@ -1,8 +1,12 @@
 """Training images/s of the full engine vs a bare loop of the same model on in-memory tensors.
 
 The engine run includes everything a user gets: data from the preprocessing
-cache, augmentation, Accelerate, per-epoch checkpointing and MLflow logging
-(its validation pass is excluded by timing only the training epochs).
+cache, augmentation, Accelerate, per-epoch checkpointing and a finetune's
+callbacks (best/last weights, MLflow logging); its validation pass is excluded
+by timing only the training epochs.
+On a GPU both run there, with the engine's mixed precision (bf16 where
+supported: the bare loop autocasts its forward pass) and the engine with the
+DataLoader workers a user gets (num_workers=-1: up to 8 on a GPU, 0 on CPU).
 
     python benchmarks/train_throughput.py [--data ../shared/data/isic2017-sample] [--size 256] [--batch 8] [--steps 24]
 """
@@ -25,21 +29,34 @@ from lesion.models import build_model
 from lesion.tracking import Tracker
 from lesion.train import engine
 from lesion.train.losses import segmentation_loss
+from lesion.train.segmentation import Segmentation, segmentation_callbacks, segmentation_loaders
 
 
 def bare_loop(size: int, batch: int, steps: int) -> float:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = engine.resolve_mixed_precision("auto") == "bf16"  # what the engine's Accelerator does by default
     torch.manual_seed(0)
-    model = build_model(ModelConfig()).train()
+    model = build_model(ModelConfig()).train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(batch, 3, size, size), (torch.rand(batch, 1, size, size) > 0.5).float()
+    x, y = x.to(device), y.to(device)
     valid = torch.ones_like(y)
-    model(x)  # warm-up
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(x).float()
+
+    forward()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(steps):
-        loss = segmentation_loss("bce+dice", model(x), y, valid)
+        loss = segmentation_loss("bce+dice", forward(), y, valid)
         loss.backward()
         opt.step()
         opt.zero_grad()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return steps * batch / (time.perf_counter() - start)
 
 
@@ -53,21 +70,23 @@ def engine_loop(data: str, size: int, batch: int, steps: int, tmp: str) -> float
     accelerator = engine.make_accelerator(cfg.train)
     tracker = Tracker()
     epoch_times: list[float] = []
-    real_evaluate = engine.evaluate
+    task = Segmentation(cfg.train, val, accelerator)
+    real_validate = task.validate
 
-    def timed_evaluate(*args, **kwargs):  # the clock stops for validation, which is not training throughput
+    def timed_validate(*args, **kwargs):  # the clock stops for validation, which is not training throughput
         epoch_times.append(time.perf_counter())
-        result = real_evaluate(*args, **kwargs)
+        result = real_validate(*args, **kwargs)
         epoch_times.append(time.perf_counter())
         return result
 
-    engine.evaluate = timed_evaluate
+    task.validate = timed_validate
     with tracker.run("benchmark", experiment="lesion-benchmarks", params={"size": size, "batch": batch}):
         start = time.perf_counter()
-        engine.fit(build_model(cfg.model), train, val, prepared.cache, cfg.train, accelerator, tracker,
-                   os.path.join(tmp, "work"), size)
-    engine.evaluate = real_evaluate
-    # epoch 1 = start..first eval; epoch 2 = end of first eval (+ checkpoint, logging)..second eval
+        loaders = segmentation_loaders(train, val, cfg.train, seed=0,
+                                       num_workers=engine.resolve_workers(cfg.data.num_workers))
+        engine.fit(build_model(cfg.model), task, loaders, cfg.train, engine.FitContext(accelerator, os.path.join(tmp, "work")),
+                   segmentation_callbacks(cfg.train, size, val, tracker))
+    # epoch 1 = start..first validation; epoch 2 = end of first validation (+ checkpoint, logging)..second one
     train_time = (epoch_times[0] - start) + (epoch_times[2] - epoch_times[1])
     return 2 * len(train_rows) / train_time
 
@@ -84,7 +103,10 @@ def main() -> None:
         engine_rate = engine_loop(args.data, args.size, args.batch, args.steps, tmp)
         bare_rate = bare_loop(args.size, args.batch, args.steps)
     print(f"machine: {machine()}")
-    print(f"U-Net resnet18, {args.size} px, batch {args.batch}, {args.steps} steps per epoch, 2 epochs")
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    print(f"U-Net resnet18, {args.size} px, batch {args.batch}, {args.steps} steps per epoch, 2 epochs, on {device}, "
+          f"mixed precision {engine.resolve_mixed_precision('auto')}, engine with {engine.resolve_workers(-1)} "
+          "loader workers")
     print_table(["loop", "train images/s"], [
         ["bare (in-memory tensors)", f"{bare_rate:.2f}"],
         ["lesion engine (cache, augmentation, Accelerate, checkpoints, MLflow)", f"{engine_rate:.2f}"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,14 +33,14 @@ class EntryPoint:
 
 
 ENTRY_POINTS: dict[str, EntryPoint] = {
-    "finetune": EntryPoint(C.FinetuneConfig, "lesion.train.finetune:run_finetune",
+    "finetune": EntryPoint(C.FinetuneConfig, "lesion.finetune:run_finetune",
                            "Train a segmenter on the labelled images (random, ImageNet or SSL encoder init)."),
     "evaluate": EntryPoint(C.EvaluateConfig, "lesion.evaluate:run_evaluate",
                            "Score a model on a split with ISIC metrics and write ISIC-format masks."),
     "predict": EntryPoint(C.PredictConfig, "lesion.predict:run_predict",
                           "Write masks and overlays for an image or a folder of images.",
                           "prediction runs on one process; split a large folder and run several"),
-    "pretrain": EntryPoint(C.PretrainConfig, "lesion.ssl.pretrain:run_pretrain",
+    "pretrain": EntryPoint(C.PretrainConfig, "lesion.pretrain:run_pretrain",
                            "Self-supervised encoder pretraining: a jigsaw-invariant auto-encoder on unlabelled images."),
     "selftrain": EntryPoint(C.SelftrainConfig, "lesion.selftrain.loop:run_selftrain",
                             "Noisy Student: teacher on labelled data, pseudo-labels for the unlabelled pool, "
@@ -50,7 +51,7 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
     "report": EntryPoint(C.ReportConfig, "lesion.report:run_report",
                          "Label-efficiency report from the tracking store: table, curves, gains, worst cases.",
                          "the report reads the tracking store on one process"),
-    "sweep": EntryPoint(C.SweepConfig, "lesion.report:run_sweep",
+    "sweep": EntryPoint(C.SweepConfig, "lesion.sweep:run_sweep",
                         "Run supervised / SSL-init / self-training at several label fractions, then the report.",
                         "the sweep runs on one process; run finetune and selftrain with num_processes for GPUs"),
     "tune": EntryPoint(C.TuneConfig, "tuning.study:run_tune",
@@ -59,10 +60,16 @@ ENTRY_POINTS: dict[str, EntryPoint] = {
 }
 
 
+def parameter_names() -> set[str]:
+    """Every entry point's flat parameter names: a preset (--config) may hold any of them."""
+    return {n for entry in ENTRY_POINTS.values() for n, *_ in C.flat_fields(entry.config)}
+
+
 def entry_parser(name: str, parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     entry = ENTRY_POINTS[name]
     # The true defaults are in each help line: argparse's own default is None (unset), so no defaults formatter.
-    parser = parser or argparse.ArgumentParser(prog=f"lesion {name}", description=entry.help)
+    # No abbreviations: --epoch must not quietly mean --epochs (and a later --epoch_x make old commands ambiguous).
+    parser = parser or argparse.ArgumentParser(prog=f"lesion {name}", description=entry.help, allow_abbrev=False)
     C.add_arguments(parser, entry.config)
     return parser
 
@@ -82,15 +89,17 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
 
     def usage_error(message: str) -> None:  # argparse's, as one line (and once for a group of ranks)
         report_user_error(name, f"{message}; see lesion {name} --help")
+        _no_empty_mlflow_run()
         raise SystemExit(2)
 
     parser.error = usage_error
     args = parser.parse_args(argv)
     try:
-        cfg = C.from_args(ENTRY_POINTS[name].config, args)
+        cfg = C.from_args(ENTRY_POINTS[name].config, args, parameter_names())
         ENTRY_POINTS[name].function()(cfg)
     except LesionError as err:
         report_user_error(name, str(err))
+        _no_empty_mlflow_run()
         return 2
     except Exception as err:
         if not disk_full(err):
@@ -103,6 +112,14 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
                           "then run the same command again: a training run resumes from its last saved epoch")
         return 2
     return 0
+
+
+def _no_empty_mlflow_run() -> None:
+    """Under `mlflow run`, a command refused before its run started leaves mlflow run's run empty: drop it."""
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from lesion.tracking import drop_unused_env_run
+
+        drop_unused_env_run()
 
 
 def _data_inspect(args: argparse.Namespace) -> int:
@@ -127,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("data", help="Data source (synthetic, a folder, or FORMAT:PATH).")
     inspect.add_argument("--unlabeled", default="", help="Extra unlabelled image folders, comma-separated.")
     inspect.add_argument("--cache_dir", default="", help="Cache folder (synthetic data is written there).")
-    inspect.add_argument("--max_pixels", type=int, default=C.DataConfig().max_pixels, help="Pixel limit per image.")
+    inspect.add_argument("--max_pixels", type=int, default=C.MAX_PIXELS, help="Pixel limit per image.")
     inspect.add_argument("--skip_bad", nargs="?", const="true", default="false", metavar="BOOL",
                          help="Report bad files as skipped; usable if any remain (--skip_bad or --skip_bad true).")
     launch = sub.add_parser("launch", help="Run an entry point through `accelerate launch` (multi-process/GPU).")
@@ -136,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Processes (GPUs); 0 uses your `accelerate config` as it is (default: 1).")
     launch.epilog = "Everything after -- goes to the entry point, e.g. lesion launch finetune --num_processes 2 -- --epochs 3"
     for name, entry in ENTRY_POINTS.items():
-        entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help))
+        entry_parser(name, sub.add_parser(name, help=entry.help, description=entry.help, allow_abbrev=False))
     if argv and argv[0] in ENTRY_POINTS:
         return run_entry_point(argv[0], argv[1:])
     rest: list[str] = []

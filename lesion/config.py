@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shlex
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Collection
 
 from lesion.data.color import METHODS as COLOR_CONSTANCY
 from lesion.errors import ConfigError
@@ -40,6 +43,12 @@ MAX_SEED = 2**32 // 1000 - 1
 SEED = (lambda v: 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
 SAMPLER_SEED = (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
+
+# Defined here once; everything else imports them.
+MAX_PIXELS = 150_000_000  # refuse images above this many pixels (decompression-bomb guard)
+SEGMENTER = "lesion-segmenter"  # the registered model of every fine-tuned segmenter
+ENCODER = "lesion-encoder"  # the registered model of every SSL-pretrained encoder
+CHAMPION_URI = f"models:/{SEGMENTER}@champion"  # the default model of evaluate, predict and export
 
 
 def hub_model(encoder: str) -> bool:
@@ -76,12 +85,14 @@ FOLDER_NAME = (lambda v: name_problem(v) is None,
 
 
 class Checked:
-    """Every config checks its fields' ranges when it is made: from the CLI, the MLproject, Optuna or code."""
+    """Every config checks its fields' ranges when it is made: from the CLI, the MLproject, Optuna or code.
+
+    None (an Optional field's "the teacher's", say) is in every range."""
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             valid, value = f.metadata.get("valid"), getattr(self, f.name)
-            if valid and not valid[0](value):
+            if valid and value is not None and not valid[0](value):
                 raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
 
 
@@ -95,13 +106,31 @@ def color_constancy_param() -> Any:
 
 
 @dataclass
-class DataConfig(Checked):
+class SourceConfig(Checked):
+    """Where the labelled images come from, how they are read and how they are split: training and evaluate alike
+    (evaluate scores the same split as training only with the same values)."""
+
     data: str = param(
         "synthetic",
         "Data source: 'synthetic[:n=..,size=..,seed=..]', a folder whose layout is detected "
         "(ISIC 2016/2017/2018, PH2, images/+masks/), or FORMAT:PATH with FORMAT one of "
         "isic, ph2, folder.",
     )
+    val_fraction: float = param(0.2, "Validation share of a seeded split, used when the source has no official one "
+                                "(evaluate: the value training used, to score the same images).",
+                                valid=RATE)
+    test_fraction: float = param(0.0, "Test share of a seeded split, used when the source has no official one.",
+                                 valid=RATE)
+    cache_dir: str = param("", "Preprocessing cache folder (default: $LESION_CACHE_DIR or ~/.cache/lesion).")
+    max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels (decompression-bomb guard).",
+                            valid=POSITIVE)
+    skip_bad: bool = param(False, "Skip unusable files (counted and logged) instead of stopping with an error.")
+
+
+@dataclass
+class DataConfig(SourceConfig):
+    """The source, plus what training adds: unlabelled and external images, the labelled share, the resolution."""
+
     unlabeled: str = param("", "Extra unlabelled image folders, comma-separated (for SSL and pseudo-labels).")
     external: str = param("", "Labelled data from another source or clinic (same syntax as data; every image with a "
                           "mask counts): each stage's best checkpoint is scored on it at the end and logged as "
@@ -111,15 +140,12 @@ class DataConfig(Checked):
                         valid=NON_NEGATIVE)
     image_size: int = param(0, "Working resolution (square, multiple of 32); 0: 256 for real data, the synthetic set's own size.",
                             valid=NON_NEGATIVE)
-    val_fraction: float = param(0.2, "Validation share of a seeded split, used when the source has no official one.",
-                                valid=RATE)
-    test_fraction: float = param(0.0, "Test share of a seeded split, used when the source has no official one.",
-                                 valid=RATE)
-    cache_dir: str = param("", "Preprocessing cache folder (default: $LESION_CACHE_DIR or ~/.cache/lesion).")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels (decompression-bomb guard).",
-                            valid=POSITIVE)
-    skip_bad: bool = param(False, "Skip unusable files (counted and logged) instead of stopping with an error.")
     num_workers: int = param(-1, "DataLoader workers (-1: 0 on CPU, up to 8 on GPU).")
+
+
+def data_config(source: SourceConfig, **values: Any) -> DataConfig:
+    """A DataConfig that reads and splits the images as source does; its other fields at their defaults or as given."""
+    return DataConfig(**{f.name: getattr(source, f.name) for f in dataclasses.fields(SourceConfig)}, **values)
 
 
 @dataclass
@@ -129,8 +155,8 @@ class ModelConfig(Checked):
                          valid=LOCAL_ENCODER)
     encoder_init: str = param(
         "random",
-        "Encoder start: random, imagenet (downloads), an SSL encoder (models:/lesion-encoder/latest, "
-        "runs:/..., or a folder), or a fine-tuned lesion-segmenter to continue from.",
+        f"Encoder start: random, imagenet (downloads), an SSL encoder (models:/{ENCODER}/latest, "
+        f"runs:/..., or a folder), or a fine-tuned {SEGMENTER} to continue from.",
     )
     dropout: float = param(0.0, "Channel dropout before the segmentation head (student noise).", valid=RATE)
     drop_path: float = param(0.0, "Stochastic depth rate in the encoder (student noise).", valid=RATE)
@@ -195,10 +221,27 @@ class RunConfig(Checked):
     experiment: str = param("", "MLflow experiment (default: one per entry point).")
     output_dir: str = param("outputs", "Local folder for checkpoints, manifests and predictions.")
     seed: int = param(0, "Seed for splits, initialisation, shuffling and augmentation.", valid=SEED)
+
+
+@dataclass
+class TrainingRunConfig(RunConfig):
+    """A run that trains, and registers what it trained: finetune, pretrain, selftrain and sweep."""
+
     register: bool = param(True, "Register the best model in the MLflow model registry.")
 
 
 # --------------------------------------------------------------------------- entry points
+
+
+@dataclass
+class InferenceConfig(Checked):
+    """How evaluate and predict apply a model to images."""
+
+    image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
+    batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
+    tta: bool = param(False, "Average predictions over horizontal/vertical flips.")
+    postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
+                             ("model", *POSTPROCESS))
 
 
 @dataclass
@@ -207,43 +250,29 @@ class FinetuneConfig(Checked):
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
 
 @dataclass
 class EvaluateConfig(Checked):
-    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
-    data: str = param("synthetic", "Data source (same syntax as finetune).")
+    model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/) or a local model folder.")
+    data: SourceConfig = field(default_factory=SourceConfig)
     split: str = param("val", "Split to score: train, val, test or all.", ("train", "val", "test", "all"))
-    image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
-    batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
-    tta: bool = param(False, "Average predictions over horizontal/vertical flips.")
-    postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
-                             ("model", *POSTPROCESS))
+    infer: InferenceConfig = field(default_factory=InferenceConfig)
     out: str = param("", "Folder for ISIC-format masks <id>_segmentation.png (default: output_dir/evaluate/<run>).")
-    cache_dir: str = param("", "Preprocessing cache folder.")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.", valid=POSITIVE)
-    skip_bad: bool = param(False, "Skip unusable files instead of stopping.")
-    val_fraction: float = param(0.2, "Validation share of a seeded split (must match training to score the same images).",
-                                valid=RATE)
-    test_fraction: float = param(0.0, "Test share of a seeded split.", valid=RATE)
     run: RunConfig = field(default_factory=RunConfig)
 
 
 @dataclass
 class PredictConfig(Checked):
-    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/), a local model folder, or an exported .onnx file.")
+    model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/), a local model folder, or an exported .onnx file.")
     input: str = param("", "An image file or a folder of images.")
     out: str = param("predictions", "Output folder for <id>_segmentation.png masks and <id>_overlay.png pictures.")
-    image_size: int = param(0, "Inference resolution (0: the model's training resolution).", valid=NON_NEGATIVE)
-    batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
-    tta: bool = param(False, "Average predictions over flips.")
+    infer: InferenceConfig = field(default_factory=InferenceConfig)
     threshold: float = param(0.5, "Probability threshold for the binary mask.", valid=UNIT)
-    postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
-                             ("model", *POSTPROCESS))
     probabilities: bool = param(False, "Also write <id>_probability.png: the raw lesion probability (0..255) at the "
                                 "original size, before threshold and post-processing.")
-    max_pixels: int = param(150_000_000, "Refuse images above this many pixels.", valid=POSITIVE)
+    max_pixels: int = param(MAX_PIXELS, "Refuse images above this many pixels.", valid=POSITIVE)
     skip_bad: bool = param(False, "Skip unreadable images (counted) instead of stopping.")
 
 
@@ -283,7 +312,7 @@ class PretrainConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     train: TrainConfig = field(default_factory=_pretrain_train)
-    run: RunConfig = field(default_factory=RunConfig)
+    run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
 
 @dataclass
@@ -303,11 +332,14 @@ class PseudoConfig(Checked):
     tta: bool = param(True, "Average teacher predictions over flips when pseudo-labelling.")
     student_dropout: float = param(0.2, "Student channel dropout (noise).", valid=RATE)
     student_drop_path: float = param(0.1, "Student stochastic depth (noise).", valid=RATE)
-    student_encoder: str = param("", "Student encoder (default: the teacher's; use a larger one for more capacity).",
-                                 valid=LOCAL_ENCODER)
-    student_epochs: int = param(0, "Epochs per student (0: same as epochs); students see labelled + pseudo images.",
-                                valid=NON_NEGATIVE)
-    student_lr: float = param(0.0, "Students' peak learning rate (0: lr, the teacher's).", valid=NON_NEGATIVE)
+    # None: the teacher's value (spelled none, or empty: the MLproject's default).
+    student_encoder: str | None = param(None, "Student encoder, e.g. a larger one for more capacity (default: none, "
+                                        "the teacher's encoder).", valid=LOCAL_ENCODER)
+    student_epochs: int | None = param(None, "Epochs per student; students see labelled + pseudo images (default: none, "
+                                       "the teacher's epochs).", valid=(AT_LEAST_ONE[0], ">= 1, or none for the "
+                                                                        "teacher's epochs"))
+    student_lr: float | None = param(None, "Students' peak learning rate (default: none, the teacher's lr).",
+                                     valid=(POSITIVE[0], "> 0, or none for the teacher's lr"))
     student_epoch_images: int = param(0, "Images a student draws per epoch (0: each labelled and kept pseudo-labelled "
                                       "image once). Set it with a large unlabelled pool to keep the students' budget.",
                                       valid=NON_NEGATIVE)
@@ -322,13 +354,19 @@ def _student_noise() -> NoiseConfig:
 
 
 @dataclass
-class SelftrainConfig(Checked):
+class NoisyStudentConfig(Checked):
+    """What a teacher and its students need: shared by selftrain and by tune, whose trials are students."""
+
     data: DataConfig = field(default_factory=lambda: DataConfig(label_fraction=0.25))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     noise: NoiseConfig = field(default_factory=_student_noise)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class SelftrainConfig(NoisyStudentConfig):
+    run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
 
 @dataclass
@@ -344,23 +382,18 @@ class StudyConfig(Checked):
     sampler_seed: int = param(0, "Seed of the TPE sampler; give each worker of a shared study its own seed, or they propose the same trials.",
                               valid=SAMPLER_SEED)
     trial_epochs: int = param(3, "Student epochs per trial (the short budget).", valid=AT_LEAST_ONE)
-    space: str = param("", "JSON overrides of the search space (tuning/space.py), e.g. '{\"threshold\": [0.7, 0.9], \"lr\": 0.001}'.")
+    space: str = param("", "JSON overrides of the search space (tuning/space.py), e.g. '{\"threshold\": [0.7, 0.9], \"student_lr\": 0.001}' (a number fixes it).")
 
 
 @dataclass
-class TuneConfig(Checked):
-    data: DataConfig = field(default_factory=lambda: DataConfig(label_fraction=0.25))
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    noise: NoiseConfig = field(default_factory=_student_noise)
-    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+class TuneConfig(NoisyStudentConfig):
     tune: StudyConfig = field(default_factory=StudyConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
 @dataclass
 class ExportConfig(Checked):
-    model: str = param("models:/lesion-segmenter@champion", "Model URI (models:/, runs:/) or a local model folder.")
+    model: str = param(CHAMPION_URI, "Model URI (models:/, runs:/) or a local model folder.")
     out: str = param("", "ONNX file to write (default: outputs/export/<model>.onnx).")
     opset: int = param(17, "ONNX opset.", valid=AT_LEAST_ONE)
     check_images: int = param(4, "Sample images (at several sizes) on which ONNX Runtime must match torch.",
@@ -386,7 +419,7 @@ class SweepConfig(Checked):
     methods: str = param("supervised,ssl,selftrain", "Methods: supervised (random init), ssl (SSL init), selftrain.")
     ssl_epochs: int = param(5, "Pretraining epochs for the ssl method (one encoder for every fraction).",
                             valid=AT_LEAST_ONE)
-    run: RunConfig = field(default_factory=lambda: RunConfig(experiment="lesion-sweep"))
+    run: TrainingRunConfig = field(default_factory=lambda: TrainingRunConfig(experiment="lesion-sweep"))
 
 
 # --------------------------------------------------------------------------- flat view
@@ -400,6 +433,25 @@ def _group_type(cls: type, f: dataclasses.Field) -> type | None:
 
 def _leaf_type(cls: type, name: str) -> type:
     return typing.get_type_hints(cls)[name]
+
+
+NONE_TEXTS = ("", "none")  # how None is spelled in a flat value (any case): what MLflow and the CLI pass as text
+
+
+def optional_base(typ: Any) -> tuple[Any, bool]:
+    """(T, True) for an Optional field's type T | None, else (typ, False)."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = typing.get_args(typ)
+        rest = [a for a in args if a is not type(None)]
+        if len(args) == 2 and len(rest) == 1:
+            return rest[0], True
+    return typ, False
+
+
+def type_name(typ: Any) -> str:
+    """int, float, ... ("int or none" for an Optional field)."""
+    base, optional = optional_base(typ)
+    return f"{getattr(base, '__name__', str(base))}{' or none' if optional else ''}"
 
 
 def _group_default(f: dataclasses.Field) -> Any:
@@ -423,6 +475,16 @@ def flat_fields(cls: type, instance: Any = None) -> list[tuple[str, type, Any, s
     return out
 
 
+def leaf_fields(cls: type) -> dict[str, tuple[Any, dataclasses.Field]]:
+    """{flat name: (its type, its dataclasses.Field)} for every leaf of cls; the field's metadata holds help,
+    choices and valid."""
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
+    for f in dataclasses.fields(cls):
+        group = _group_type(cls, f)
+        out.update(leaf_fields(group) if group is not None else {f.name: (_leaf_type(cls, f.name), f)})
+    return out
+
+
 def to_flat(cfg: Any) -> dict[str, Any]:
     """Nested config -> {leaf name: value}."""
     out: dict[str, Any] = {}
@@ -435,24 +497,62 @@ def to_flat(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def parse_value(name: str, typ: type, raw: Any) -> Any:
-    if not isinstance(raw, str):
-        if typ is int and isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        return typ(raw)
+def parse_value(name: str, typ: Any, raw: Any) -> Any:
+    """raw (a CLI or MLflow string, or a value from Optuna, JSON or code) as a value of the field type typ.
+
+    An Optional field (T | None) reads None, "", "none" and "None" as None ("the teacher's", say).
+    """
+    base, optional = optional_base(typ)
+    if optional and (raw is None or (isinstance(raw, str) and raw.strip().lower() in NONE_TEXTS)):
+        return None
     try:
-        if typ is bool:
+        if not isinstance(raw, str):
+            if raw is None or (base is int and isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)  # never 0.5 -> 0, nor None -> "None"
+            return int(raw) if base is int and isinstance(raw, float) else base(raw)
+        if base is bool:
             lowered = raw.strip().lower()
             if lowered in ("1", "true", "yes", "on"):
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        if typ is int and raw.strip().endswith(".0"):  # MLflow passes float-typed params as "3.0"
+        if base is int and raw.strip().endswith(".0"):  # MLflow passes float-typed params as "3.0"
             raw = raw.strip()[:-2]
-        return typ(raw)
-    except ValueError:
-        raise ConfigError(f"parameter {name}={raw!r} is not a valid {typ.__name__}; fix the value and run again") from None
+        return base(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"parameter {name}={raw!r} is not a valid {type_name(typ)}; fix the value and run again") from None
+
+
+def same_value(logged: str, value: Any, typ: Any = None) -> bool:
+    """Whether logged, an MLflow parameter's text, says value (of the field type typ; default: value's own type,
+    and for None any Optional type).
+
+    lesion logs str(value) ("None" for None); `mlflow run` logs each -P value or MLproject default as it put it on
+    the command line: shell-quoted ('' for empty, 'o'"'"'brien' for o'brien) and untyped (true for True, 8 for 8,
+    1e-3 for 0.001). So this compares what the text means, parsed as the field's type, not the text.
+    """
+    if logged == str(value):
+        return True
+    if typ is None:
+        typ = str | None if value is None else type(value)
+    base, _ = optional_base(typ)
+    if base not in (str, bool, int, float):
+        return False
+    texts = [logged]
+    try:
+        words = shlex.split(logged)
+    except ValueError:  # not shell-quoted (an unbalanced quote of lesion's own)
+        words = None
+    if words is not None and len(words) <= 1:
+        texts.append(words[0] if words else "")
+    for text in texts:
+        try:
+            if parse_value("parameter", typ, text) == value:
+                return True
+        except ConfigError:
+            continue
+    return False
 
 
 def from_flat(cls: type, values: dict[str, Any], strict: bool = True) -> Any:
@@ -488,30 +588,88 @@ def replace_flat(cfg: Any, **values: Any) -> Any:
     return from_flat(type(cfg), flat)
 
 
+PRESET = "config"  # --config FILE / -P config=FILE: a preset of flat values, never a config field itself
+FROM_MLPROJECT = "from_mlproject"  # set by the MLproject's command, which passes every parameter
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """--name options for every leaf of cls, with the dataclass default and help."""
+    """--config FILE, then --name options for every leaf of cls, with the dataclass default and help."""
+    parser.add_argument(f"--{PRESET}", type=str, default=None, metavar="FILE",
+                        help="A preset: a JSON object of flat parameters (configs/cpu.json, configs/gpu.json), applied "
+                             "first; the parameters you give win. Names that only other entry points take are skipped "
+                             "(default: none).")
+    parser.add_argument(f"--{FROM_MLPROJECT}", action="store_true", help=argparse.SUPPRESS)
     for name, typ, default, help_text, choices in flat_fields(cls):
+        assert name not in (PRESET, FROM_MLPROJECT), f"{name} is the name of a command-line option"
         # A help text that explains an empty default itself ("default: one per entry point") keeps its own words.
         shown = help_text if "(default:" in help_text else f"{help_text} (default: {default!r})"
         # Values stay strings here: parse_value reads them as MLflow passes them ("3.0" for an int) and its errors
         # are one line.
         parser.add_argument(f"--{name}", type=str, default=None, help=shown, choices=None if typ is bool else choices,
-                            metavar=typ.__name__.upper() if not choices else None)
+                            metavar=optional_base(typ)[0].__name__.upper() if not choices else None)
 
 
-def from_args(cls: type, args: argparse.Namespace) -> Any:
+def from_args(cls: type, args: argparse.Namespace, elsewhere: Collection[str] = ()) -> Any:
+    """The config of the parsed options: the preset's values (--config), then the options given.
+
+    elsewhere: the parameter names of the other entry points, which a preset may hold and this one skips.
+    The MLproject's command passes every parameter, its default too (MLflow cannot tell which -P were given): there
+    a value equal to the default leaves the preset's value in place.
+    """
     given = {n: getattr(args, n) for n, *_ in flat_fields(cls) if getattr(args, n, None) is not None}
-    return from_flat(cls, given)
+    path = getattr(args, PRESET, None)
+    if not path:
+        return from_flat(cls, given)
+    preset = load_preset(path, cls, elsewhere)
+    if getattr(args, FROM_MLPROJECT, False):
+        defaults, leaves = to_flat(cls()), leaf_fields(cls)
+        given = {n: v for n, v in given.items() if not same_value(v, defaults[n], leaves[n][0])}
+    cfg = from_flat(cls, {**preset, **given})
+    if os.environ.get("RANK", "0") == "0":  # once for a group of ranks
+        applied = ", ".join(f"{n}={v}" for n, v in preset.items() if n not in given) or "nothing"
+        overridden = ", ".join(n for n in preset if n in given)
+        print(f"[lesion] config={path}: {applied}" + (f" (given instead: {overridden})" if overridden else ""),
+              flush=True)
+    return cfg
+
+
+def load_preset(path: str, cls: type, elsewhere: Collection[str] = ()) -> dict[str, Any]:
+    """The flat values of a preset file that cls takes, checked; the names in elsewhere (other entry points') are
+    skipped, so that one preset serves every entry point. Any other name is an error that names the file."""
+    data = _json_object(path, lambda err: f"config={path}: cannot read the preset ({err}); pass a JSON file such as "
+                                          "configs/cpu.json",
+                        f"config={path} must hold a JSON object of parameter names to values, like configs/cpu.json")
+    known = leaf_fields(cls)
+    for name, value in data.items():
+        if name not in known and name not in elsewhere:
+            raise ConfigError(f"config={path}: {name!r} is no parameter of any entry point; fix or remove it "
+                              "(lesion ENTRY --help lists the names)")
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"config={path}: {name}={json.dumps(value)} must be a number, a string, true/false "
+                              "or null")
+    values = {n: v for n, v in data.items() if n in known}
+    try:
+        from_flat(cls, values)
+    except ConfigError as err:
+        raise ConfigError(f"config={path}: {err}") from None
+    return values
 
 
 def load_params_file(path: str) -> dict[str, Any]:
     """Flat parameters from a JSON file (tune's best_params.json)."""
+    data = _json_object(path, lambda err: f"{path}: cannot read tuned parameters ({err}); pass tune's best_params.json "
+                                          "or its run URI",
+                        f"{path} must hold a JSON object of parameter names to values")
+    return data.get("params", data)
+
+
+def _json_object(path: str, unreadable: Callable[[Exception], str], not_an_object: str) -> dict[str, Any]:
+    """The JSON object in path; unreadable(the reason) and not_an_object are the one-line errors."""
     try:
         with open(path) as fh:
             data = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read tuned parameters ({err}); pass tune's best_params.json "
-                          "or its run URI") from None
+        raise ConfigError(unreadable(err)) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object of parameter names to values")
-    return data.get("params", data)
+        raise ConfigError(not_an_object)
+    return data

@@ -7,7 +7,6 @@ official `isic-challenge-scoring` package can score the same folder.
 from __future__ import annotations
 
 import csv
-from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,16 @@ from accelerate import Accelerator
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from lesion.config import DataConfig, EvaluateConfig, to_flat
+from lesion.config import DataConfig, EvaluateConfig, data_config
 from lesion.data.datasets import SegmentationDataset
-from lesion.data.prepare import prepare_data
 from lesion.errors import ConfigError
 from lesion.inference import final_mask, predict_probabilities
 from lesion.metrics import METRIC_NAMES, per_image_scores, resize_probabilities
-from lesion.models.io import load_model
-from lesion.outputs import check_out_dir, make_out_dir, save_png_inside
+from lesion.outputs import check_out_dir, make_out_dir, save_png_inside, write_json
 from lesion.progress import bar
-from lesion.tracking import Tracker, write_json
-from lesion.train.engine import evaluate
-from lesion.train.finetune import claim_run, finish_run, fresh_workdir, shared_run_name
+from lesion.registry import load_model
+from lesion.stage import stage
+from lesion.train.segmentation import evaluate
 
 
 def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, batch_size: int, tta: bool,
@@ -48,38 +45,35 @@ def _write_masks(model: torch.nn.Module, ds: SegmentationDataset, out: Path, bat
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.out:
         check_out_dir(cfg.out)  # before hours of scoring
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
-    tracker = Tracker(enabled=main)
-    run_name = shared_run_name(accelerator, cfg.run.run_name, "evaluate")
-    with ExitStack() as stack:
-        workdir = stack.enter_context(claim_run(accelerator, cfg.run.output_dir, "evaluate", run_name))
-        model, meta = load_model(cfg.model)
-        size = cfg.image_size or int(meta["image_size"])
-        data_cfg = DataConfig(data=cfg.data, image_size=size, cache_dir=cfg.cache_dir, max_pixels=cfg.max_pixels,
-                              skip_bad=cfg.skip_bad, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction)
-        tags = {"lesion.model": cfg.model, "lesion.model_run": str(meta.get("run_id", ""))}
-        stack.enter_context(tracker.run("evaluate", run_name, cfg.run.experiment, params=to_flat(cfg), tags=tags))
-        fresh_workdir(accelerator, tracker, workdir)  # masks of an older, unfinished attempt must not mix in
-        data = prepare_data(data_cfg, cfg.run.seed, workdir, main, accelerator.wait_for_everyone)
+    loaded: dict[str, Any] = {}
+
+    def load_source() -> tuple[DataConfig, dict[str, str]]:
+        loaded["model"], meta = load_model(cfg.model)
+        size = cfg.infer.image_size or int(meta["image_size"])
+        return data_config(cfg.data, image_size=size), {"lesion.model": cfg.model,
+                                                         "lesion.model_run": str(meta.get("run_id", ""))}
+
+    # stage's fresh_workdir: masks of an older, unfinished attempt must not mix in.
+    with stage("evaluate", cfg, setup=load_source, accelerator=Accelerator(cpu=not torch.cuda.is_available())) as ctx:
+        accelerator, tracker, workdir, data, main = ctx.accelerator, ctx.tracker, ctx.workdir, ctx.data, ctx.main
+        model = loaded["model"]
         rows = [r for r in data.rows if r.mask and (cfg.split == "all" or r.split == cfg.split)]
         if not rows:
             found = sorted({r.split for r in data.rows if r.mask})
-            raise ConfigError(f"{cfg.data}: no images with masks in split {cfg.split!r}; splits with masks: {found}")
+            raise ConfigError(f"{cfg.data.data}: no images with masks in split {cfg.split!r}; splits with masks: {found}")
         # Every image with a mask counts here, also training images held back as unlabelled elsewhere.
         rows = [replace(r, labelled=True) for r in rows]
         prefix = "ph2" if data.format == "ph2" else cfg.split  # metrics say what they were measured on
         ds = SegmentationDataset(rows, data.cache, color_constancy=model.config.color_constancy)
-        postprocess = model.config.postprocess if cfg.postprocess == "model" else cfg.postprocess
-        loader = DataLoader(ds, cfg.batch_size, shuffle=False)
+        postprocess = model.config.postprocess if cfg.infer.postprocess == "model" else cfg.infer.postprocess
+        loader = DataLoader(ds, cfg.infer.batch_size, shuffle=False)
         model, loader = accelerator.prepare(model, loader)
-        result = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.tta,
+        result = evaluate(model, loader, rows, data.cache, accelerator, prefix=prefix, tta=cfg.infer.tta,
                           postprocess=postprocess, heartbeat=True)
         metrics, counts, index = result.metrics, result.counts, result.index
         metrics[f"{prefix}/images"] = float(len(counts))  # scored once each: no padding duplicates, none dropped
         out: dict[str, Any] = {"metrics": metrics, "images": len(rows), "run_id": tracker.run_id}
         if main:
-            tracker.log_artifact(data.manifest, "data")
             tracker.log_metrics(metrics, step=0)
             scores = per_image_scores(counts)
             table = workdir / "per_image.csv"
@@ -91,7 +85,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                                      int(result.degenerate[j])])
             tracker.log_artifact(table, "evaluation")
             masks_dir = Path(cfg.out) if cfg.out else workdir / "masks"
-            _write_masks(accelerator.unwrap_model(model), ds, masks_dir, cfg.batch_size, cfg.tta, accelerator.device,
+            _write_masks(accelerator.unwrap_model(model), ds, masks_dir, cfg.infer.batch_size, cfg.infer.tta, accelerator.device,
                          progress=True, postprocess=postprocess)
             out["masks"] = str(masks_dir)
             write_json(workdir / "metrics.json", out)
@@ -103,5 +97,4 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
                 print(f"[lesion] {len(flagged)} degenerate mask(s) (covering most of the frame or touching every "
                       f"border), e.g. {', '.join(flagged[:5])}; see {table.name}")
             print(f"[lesion] ISIC-format masks: {masks_dir}")
-        finish_run(accelerator, tracker, workdir, run_name)
     return out

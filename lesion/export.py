@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
 
 from lesion.config import ExportConfig
 from lesion.data.cache import resize_image
 from lesion.data.synthetic import generate_one
 from lesion.data.transforms import normalize
 from lesion.errors import ConfigError, LesionError
-from lesion.models.io import load_model
+from lesion.registry import load_model
+from lesion.tracking import configure_tracking
 
 
 class OnnxSegmenter:
@@ -90,8 +92,6 @@ def max_probability_difference(model: torch.nn.Module, onnx_model: OnnxSegmenter
 
 def _model_run_id(source: str) -> str | None:
     """The MLflow run that produced a registered or run-logged model, to log the ONNX file beside it."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient()
     if source.startswith("runs:/"):
         return source.split("/")[1]
@@ -126,10 +126,6 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"onnx": str(out), "max_abs_diff": diff}
     run_id = None
     if cfg.model.startswith(("models:/", "runs:/")):
-        from mlflow.tracking import MlflowClient
-
-        from lesion.tracking import configure_tracking
-
         configure_tracking()
         run_id = _model_run_id(cfg.model)
         if run_id:

@@ -1,4 +1,5 @@
-"""Output folders the user names (`out=`): checked before any work, and written only inside.
+"""Files lesion writes: output folders the user names (`out=`), checked before any work and written only inside;
+and JSON records (plans, results, markers), each written atomically.
 
 A file is written under a temporary name in its folder, then renamed over the
 destination: a symlink already there is replaced, never written through, and
@@ -8,10 +9,12 @@ output folder (a symlink) is refused.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 from PIL import Image
 
@@ -81,3 +84,15 @@ def save_inside(root: Path, relative: str | Path, write: Callable[[BinaryIO], ob
         tmp.unlink(missing_ok=True)
         raise
     return dest
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """data as indented JSON, written atomically (a temporary file renamed over path)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path

@@ -13,6 +13,11 @@ import numpy as np
 GREEN, RED, YELLOW = (0, 220, 0), (255, 40, 40), (255, 220, 0)
 
 
+def close_figure(figure) -> None:
+    """Release a figure once it is saved or logged (pyplot keeps every open one)."""
+    plt.close(figure)
+
+
 def overlay(image: np.ndarray, pred: np.ndarray | None = None, truth: np.ndarray | None = None,
             alpha: float = 0.35) -> np.ndarray:
     """uint8 (H, W, 3) with the prediction tinted and contours drawn: truth green, prediction red."""

@@ -18,10 +18,11 @@ from lesion.data.io import IMAGE_SUFFIXES, read_image
 from lesion.errors import ConfigError, DataError, LesionError
 from lesion.inference import final_mask, mask_report, predict_probabilities
 from lesion.metrics import resize_probabilities
-from lesion.models.io import load_model, model_config_from_meta
+from lesion.models.io import model_config_from_meta
 from lesion.outputs import check_out_dir, make_out_dir, save_png_inside, save_text_inside
 from lesion.plots import overlay
 from lesion.progress import bar
+from lesion.registry import load_model
 
 PREVIEW_SIDE = 1024  # overlays are for looking at: keep them screen-sized
 
@@ -113,27 +114,27 @@ def run_predict(cfg: PredictConfig) -> dict[str, Any]:
         from lesion.export import OnnxSegmenter
 
         model, device = OnnxSegmenter(cfg.model), torch.device("cpu")
-        size, meta = cfg.image_size or model.image_size, model.meta
+        size, meta = cfg.infer.image_size or model.image_size, model.meta
         if size <= 0:
             raise ConfigError(f"{cfg.model} does not say its working resolution (not exported by lesion export?); "
                               "pass image_size")
     else:
         model, meta = load_model(cfg.model, map_location=str(device))
         model.to(device)
-        size = cfg.image_size or int(meta["image_size"])
+        size = cfg.infer.image_size or int(meta["image_size"])
     # The model's own input and output conventions (model.json, or the ONNX file's metadata).
     conventions = model_config_from_meta(meta)
-    postprocess = conventions.postprocess if cfg.postprocess == "model" else cfg.postprocess
+    postprocess = conventions.postprocess if cfg.infer.postprocess == "model" else cfg.infer.postprocess
     make_out_dir(out)
     ds = _SafeImages([str(p) for p in images], size, None, cfg.max_pixels, skip_bad=cfg.skip_bad,
                      color_constancy=conventions.color_constancy)
-    loader = DataLoader(ds, cfg.batch_size, shuffle=False, collate_fn=_collate)
+    loader = DataLoader(ds, cfg.infer.batch_size, shuffle=False, collate_fn=_collate)
     written, skipped, reports = 0, [], []
     for batch in bar(loader, "predict", unit="batches"):
         skipped += batch["errors"]
         if batch["image"] is None:
             continue
-        probs = predict_probabilities(model, batch["image"].to(device), cfg.tta).cpu()
+        probs = predict_probabilities(model, batch["image"].to(device), cfg.infer.tta).cpu()
         for prob, index, hw in zip(probs, batch["index"], batch["size"]):
             stem = stems[index]
             full = resize_probabilities(prob[0], hw)

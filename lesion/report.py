@@ -1,4 +1,4 @@
-"""The label-efficiency report, built from the tracking store, and the sweep that feeds it.
+"""The label-efficiency report, built from the tracking store (lesion/sweep.py runs what feeds it).
 
 For every finetune run and every self-training stage it reads the label
 fraction, the best checkpoint's validation Jaccard/Dice and, where the data
@@ -17,21 +17,28 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import tempfile
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from lesion.config import (DataConfig, FinetuneConfig, NoiseConfig, PretrainConfig, ReportConfig, SelftrainConfig,
-                           SweepConfig, SSLConfig)
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from lesion.config import MAX_PIXELS, SEGMENTER, ReportConfig
+from lesion.data.cache import PreprocessCache
+from lesion.data.sources import default_cache_dir
+from lesion.data.splits import read_manifest, select
 from lesion.errors import ConfigError
-from lesion.runs import RunFinished, default_run_name
-from lesion.tracking import SEGMENTER, TAG_ENTRY, TAG_STAGE, Tracker, alias_version, configure_tracking
+from lesion.inference import predict_images
+from lesion.metrics import per_image_scores, score_image
+from lesion.plots import overlay_grid
+from lesion.registry import alias_version, load_model
+from lesion.tracking import TAG_ENTRY, TAG_STAGE, Tracker, configure_tracking
 
 METHOD_ORDER = ["supervised (random init)", "supervised (ImageNet init)", "supervised (SSL init)",
                 "self-trained teacher", "student", "student*", "student**"]
@@ -158,16 +165,6 @@ def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
 
     The validation images are the ones the champion's own run held out: its logged manifest says which.
     """
-    import mlflow
-
-    from lesion.data.cache import PreprocessCache
-    from lesion.data.sources import default_cache_dir
-    from lesion.data.splits import read_manifest, select
-    from lesion.inference import predict_images
-    from lesion.metrics import per_image_scores, score_image
-    from lesion.models.io import load_model
-    from lesion.plots import overlay_grid
-
     champion = alias_version(SEGMENTER, "champion")
     if champion is None or count <= 0:
         return None, []
@@ -180,7 +177,7 @@ def worst_gallery(count: int) -> tuple[np.ndarray | None, list[dict[str, Any]]]:
             raise ConfigError(f"the champion's run {champion.run_id} has no data/manifest.csv "
                               f"({type(err).__name__}); pass gallery=0 or re-train the champion with lesion") from None
         rows = select(read_manifest(manifest), "val", labelled=True)
-    cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), DataConfig().max_pixels)
+    cache = PreprocessCache(default_cache_dir(), int(meta["image_size"]), MAX_PIXELS)
     samples = [cache.load(r.image, r.mask) for r in rows]
     probs = predict_images(model, [s.image for s in samples], cache.size, color_constancy=model.config.color_constancy)
     scores = [per_image_scores(score_image(p, cache.original_mask(r.image, r.mask),
@@ -215,8 +212,6 @@ def format_table(table: list[dict[str, Any]]) -> str:
 
 
 def _get_run(client, run_id: str):
-    from mlflow.exceptions import MlflowException
-
     try:
         return client.get_run(run_id)
     except MlflowException:
@@ -225,8 +220,6 @@ def _get_run(client, run_id: str):
 
 
 def run_report(cfg: ReportConfig) -> dict[str, Any]:
-    from mlflow.tracking import MlflowClient
-
     configure_tracking()
     client = MlflowClient()
     if cfg.runs:
@@ -281,54 +274,3 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
               + (f", {g['gain_test_jaccard']:+.4f} test Jaccard" if np.isfinite(g["gain_test_jaccard"]) else ""))
     print(f"[lesion] report: {out / 'report.html'}")
     return {"table": table, "gains": stage_gains, "worst": worst, "out": str(out), "run_id": tracker.run_id}
-
-
-def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
-    """The comparison the report is for: each method at each label fraction, in one experiment."""
-    from lesion.selftrain.loop import run_selftrain
-    from lesion.ssl.pretrain import run_pretrain
-    from lesion.train.finetune import run_finetune
-
-    try:
-        fractions = [float(f) for f in cfg.label_fractions.split(",") if f.strip()]
-    except ValueError:
-        raise ConfigError(f"label_fractions={cfg.label_fractions!r} must be comma-separated numbers in (0, 1], "
-                          "e.g. 0.05,0.1,0.2,1.0") from None
-    if any(not 0 < f <= 1 for f in fractions):
-        raise ConfigError(f"label_fractions={cfg.label_fractions!r}: every fraction must be in (0, 1]")
-    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
-    unknown = set(methods) - {"supervised", "ssl", "selftrain"}
-    if unknown or not fractions:
-        raise ConfigError(f"methods {sorted(unknown)} unknown or no label_fractions; use supervised, ssl, selftrain")
-    prefix = cfg.run.run_name or default_run_name("sweep")
-
-    def once(run, stage_cfg):
-        """Each run of the sweep once: re-running a sweep (same run_name) skips the runs it finished before."""
-        try:
-            return run(stage_cfg)
-        except RunFinished as done:
-            print(f"[lesion] sweep: {stage_cfg.run.run_name} finished before, skipped")
-            result = done.workdir / "result.json"
-            return json.loads(result.read_text()) if result.is_file() else {}
-
-    encoder = ""
-    if "ssl" in methods:
-        pre = once(run_pretrain, PretrainConfig(data=cfg.data, ssl=SSLConfig(encoder=cfg.model.encoder,
-                                                                             color_constancy=cfg.model.color_constancy),
-                                                train=replace(cfg.train, epochs=cfg.ssl_epochs),
-                                                run=replace(cfg.run, run_name=f"{prefix}-ssl")))
-        encoder = pre.get("encoder_dir", "")
-    for fraction in fractions:
-        data = replace(cfg.data, label_fraction=fraction)
-        tag = f"{prefix}-{fraction:g}"
-        if "supervised" in methods:
-            once(run_finetune, FinetuneConfig(data=data, model=cfg.model, train=cfg.train, noise=NoiseConfig(),
-                                              run=replace(cfg.run, run_name=f"{tag}-random")))
-        if "ssl" in methods:
-            once(run_finetune, FinetuneConfig(data=data, model=replace(cfg.model, encoder_init=encoder),
-                                              train=cfg.train, noise=NoiseConfig(),
-                                              run=replace(cfg.run, run_name=f"{tag}-ssl-init")))
-        if "selftrain" in methods and fraction < 1.0:
-            once(run_selftrain, SelftrainConfig(data=data, model=cfg.model, train=cfg.train, pseudo=cfg.pseudo,
-                                                run=replace(cfg.run, run_name=f"{tag}-selftrain")))
-    return run_report(ReportConfig(experiment=cfg.run.experiment))

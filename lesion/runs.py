@@ -27,7 +27,7 @@ from typing import Iterator
 
 from lesion.config import name_problem
 from lesion.errors import ConfigError
-from lesion.tracking import write_json
+from lesion.outputs import write_json
 
 FINISHED = "finished.json"
 LOCKS = ".locks"

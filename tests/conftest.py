@@ -1,5 +1,21 @@
 """Shared fixtures: every test gets its own MLflow store; the preprocessing cache is shared per session;
-a throwaway PostgreSQL server for the distributed tests."""
+a throwaway PostgreSQL server for the distributed tests.
+
+Two tiers. `make test` runs `pytest -m "not slow"`: the unit tests and one end-to-end test per entry point,
+the cheapest that runs it whole through its function:
+
+    finetune  test_finetune.py::test_a_run_that_ends_early_still_logs_its_final_picture
+    evaluate  test_degenerate_reporting.py::test_evaluate_reports_the_share_of_degenerate_masks
+    predict   test_predict.py::test_predict_keeps_sub_folders_so_names_never_collide
+    pretrain  test_pretrain.py::test_pretraining_lowers_its_loss_logs_and_registers_the_encoder
+    selftrain selftrain/test_selftrain.py::test_a_student_can_start_from_its_teacher
+    export    test_export_and_serving.py::test_onnx_export_matches_torch_and_predicts
+    sweep, report  test_report.py::test_sweep_then_report
+    tune      tuning/test_study.py::test_pruned_and_failed_trials_do_not_stop_the_study
+
+`make test-all` (CI) runs every test. `@pytest.mark.slow` marks the rest of what takes time: multi-process
+launches, `mlflow run`, kill -9 resumes, PostgreSQL, the non-editable install and further trainings.
+"""
 
 from __future__ import annotations
 

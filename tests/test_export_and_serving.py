@@ -24,7 +24,7 @@ from PIL import Image
 from lesion.config import ExportConfig, FinetuneConfig, PredictConfig, from_flat
 from lesion.export import run_export
 from lesion.predict import run_predict
-from lesion.train.finetune import run_finetune
+from lesion.finetune import run_finetune
 from tests.conftest import subprocess_env
 
 BIN = Path(sys.executable).parent

@@ -14,9 +14,9 @@ from PIL import Image
 
 from lesion.config import ExportConfig, FinetuneConfig, PredictConfig, from_flat
 from lesion.export import run_export
-from lesion.models.io import load_model
+from lesion.registry import load_model
 from lesion.predict import run_predict
-from lesion.train.finetune import run_finetune
+from lesion.finetune import run_finetune
 
 
 @pytest.fixture
@@ -45,6 +45,7 @@ def read_mask(path) -> np.ndarray:
     return np.asarray(Image.open(path)) > 127
 
 
+@pytest.mark.slow
 def test_predict_pyfunc_and_onnx_give_the_same_mask(champion, tmp_path):
     model, meta = load_model("models:/lesion-segmenter@champion")
     assert (meta["color_constancy"], meta["postprocess"]) == ("shades_of_gray", "largest_fill"), "saved with the model"
@@ -76,6 +77,7 @@ def test_predict_pyfunc_and_onnx_give_the_same_mask(champion, tmp_path):
         assert answer["degenerate"] in (True, False)
 
 
+@pytest.mark.slow
 def test_the_colour_constancy_reaches_the_network(champion, tmp_path):
     """Switching it off changes what the network sees, so the setting is used, not just stored."""
     from lesion.inference import network_input

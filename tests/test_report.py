@@ -7,10 +7,10 @@ from mlflow.tracking import MlflowClient
 
 from lesion.config import ReportConfig, SweepConfig, from_flat
 from lesion.errors import ConfigError
-from lesion.report import run_report, run_sweep
+from lesion.report import run_report
+from lesion.sweep import run_sweep
 
 
-@pytest.mark.slow
 def test_sweep_then_report(tmp_path, tracking, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = run_sweep(from_flat(SweepConfig, {

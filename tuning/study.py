@@ -16,26 +16,26 @@ other machines need the output_dir on a shared file system for the teacher.
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
 
-from lesion.config import SelftrainConfig, TuneConfig, replace_flat, to_flat
-from lesion.data.prepare import prepare_data
-from lesion.data.splits import select, unlabelled_pool
+from lesion.config import SelftrainConfig, TrainingRunConfig, TuneConfig, replace_flat, to_flat
+from lesion.data.prepare import PreparedData
+from lesion.data.splits import unlabelled_pool
 from lesion.errors import ConfigError
-from lesion.models.io import load_model
-from lesion.selftrain.loop import check_student, sampler_weights, stage_configs, student_for
-from lesion.selftrain.pseudo import STATS, pseudo_label, read_stats, select_pseudo_labels
-from lesion.tracking import Tracker, write_json
+from lesion.outputs import write_json
+from lesion.selftrain.pseudo import STATS, PseudoStats, read_stats, select_pseudo_labels
+from lesion.selftrain.rounds import check_student, pseudo_round, stage_configs, student_for, train_student, train_teacher
+from lesion.stage import stage
+from lesion.tracking import Tracker
+from lesion.train.callbacks import Pruning
 from lesion.train.engine import make_accelerator
-from lesion.train.finetune import train_segmenter
 from tuning.space import SearchSpace
 
 TEACHER_ATTR = "lesion.teacher"
@@ -61,8 +61,9 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def selftrain_view(cfg: TuneConfig) -> SelftrainConfig:
-    return SelftrainConfig(data=cfg.data, model=cfg.model, train=cfg.train, noise=cfg.noise, pseudo=cfg.pseudo,
-                           run=replace(cfg.run, register=False))
+    """The study's runs as selftrain's, never registered: a trial's student is scored, not kept."""
+    run = TrainingRunConfig(**{f.name: getattr(cfg.run, f.name) for f in fields(cfg.run)}, register=False)
+    return SelftrainConfig(data=cfg.data, model=cfg.model, train=cfg.train, noise=cfg.noise, pseudo=cfg.pseudo, run=run)
 
 
 class Study:
@@ -93,7 +94,7 @@ class Study:
                               "check the URL, the server and the database") from None
 
     # ------------------------------------------------------------------ the teacher, once per study
-    def teacher(self, data) -> dict[str, Any]:
+    def teacher(self, data: PreparedData) -> dict[str, Any]:
         with file_lock(self.workdir / ".teacher.lock"):
             info = self.study.user_attrs.get(TEACHER_ATTR)
             if info and (Path(info["pseudo_folder"]) / STATS).is_file():
@@ -103,18 +104,16 @@ class Study:
             shutil.rmtree(folder, ignore_errors=True)
             with self.tracker.run("tune", self.cfg.tune.study, params=to_flat(teacher_cfg), nested=True,
                                   stage="teacher", strict_params=False):
-                stage = train_segmenter(teacher_cfg, self.accelerator, self.tracker, folder, "teacher", data)
-                model, _ = load_model(str(stage.fit.best_dir))
-                model.to(self.accelerator.device)
-                pseudo_label(model, unlabelled_pool(data.rows), data.cache, self.accelerator, folder / "pseudo",
-                             self.cfg.train.batch_size, self.cfg.pseudo.tta)
-                info = {"best_dir": str(stage.fit.best_dir), "pseudo_folder": str(folder / "pseudo"),
-                        "val_jaccard": stage.fit.best_score, "run_id": self.tracker.run_id}
+                result = train_teacher(self.base, self.accelerator, self.tracker, folder, data)
+                pseudo_round(self.base, str(result.fit.best_dir), unlabelled_pool(data.rows), data, self.accelerator,
+                             folder / "pseudo")
+                info = {"best_dir": str(result.fit.best_dir), "pseudo_folder": str(folder / "pseudo"),
+                        "val_jaccard": result.fit.best_score, "run_id": self.tracker.run_id}
             self.study.set_user_attr(TEACHER_ATTR, info)
             return info
 
     # ------------------------------------------------------------------ one trial
-    def objective(self, trial: optuna.Trial, data, stats) -> float:
+    def objective(self, trial: optuna.Trial, data: PreparedData, stats: list[PseudoStats]) -> float:
         params = self.space.suggest(trial)
         cfg = replace_flat(self.base, **params)
         _, student_cfg = stage_configs(cfg)
@@ -123,59 +122,41 @@ class Study:
         selection = select_pseudo_labels(stats, cfg.pseudo.min_confidence, cfg.pseudo.min_area)
         if not selection.kept:
             raise optuna.TrialPruned(f"min_confidence={cfg.pseudo.min_confidence:.3f} keeps no pseudo-label")
-        labelled = select(data.rows, "train", labelled=True)
-        by_id = {r.id: r for r in unlabelled_pool(data.rows)}
-        pseudo_rows = [by_id[s.id] for s in selection.kept]
         folder = self.workdir / f"trial-{trial.number}"
-
-        def report(epoch: int, record: dict[str, float]) -> None:
-            trial.report(record["val/jaccard"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"val/jaccard {record['val/jaccard']:.4f} at epoch {epoch + 1}")
-
         pruned: optuna.TrialPruned | None = None
         with self.tracker.run("tune", self.cfg.tune.study, params={**params, "trial": trial.number,
-                                                                   "kept_pseudo_labels": len(pseudo_rows)},
+                                                                   "kept_pseudo_labels": len(selection.kept)},
                               nested=True, stage=f"trial{trial.number}", strict_params=False):
             try:
-                stage = train_segmenter(
-                    student_cfg, self.accelerator, self.tracker, folder, "student", data,
-                    train_rows=labelled + pseudo_rows, pseudo={s.id: s.file for s in selection.kept},
-                    pseudo_threshold=cfg.pseudo.threshold,
-                    sampler_weights=sampler_weights(len(labelled), len(pseudo_rows), cfg.pseudo.pseudo_ratio),
-                    epoch_draws=cfg.pseudo.student_epoch_images, epoch_callback=report)
+                result = train_student(cfg, student_cfg, self.accelerator, self.tracker, folder, data, selection,
+                                       unlabelled_pool(data.rows), callbacks=[Pruning(trial, optuna.TrialPruned)])
             except optuna.TrialPruned as err:
                 pruned = err
                 self.tracker.set_tags({"lesion.trial_state": "PRUNED", "lesion.trial_note": str(err)})
             else:
                 self.tracker.set_tags({"lesion.trial_state": "COMPLETE"})
-                self.tracker.log_metrics({"trial/value": stage.fit.best_score}, step=trial.number)
+                self.tracker.log_metrics({"trial/value": result.fit.best_score}, step=trial.number)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)  # trials keep their numbers in MLflow, not weights
         if pruned is not None:
             raise pruned
-        return stage.fit.best_score
+        return result.fit.best_score
 
     # ------------------------------------------------------------------ the worker
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        with self.tracker.run("tune", cfg.tune.study, cfg.run.experiment, params=to_flat(cfg),
-                              tags={"lesion.study": cfg.tune.study, "lesion.storage": _safe_url(cfg.tune.storage)},
-                              strict_params=False, reopen_finished=True):
-            # Workers of one study share this run (each with its own seed), also one that joins after the others
-            # finished: one run per study. So tune takes no run lock: sharing its run is what a worker is for.
-            worker_dir = self.workdir / f"worker-{os.getpid()}"
-            data = prepare_data(cfg.data, cfg.run.seed, worker_dir, self.accelerator.is_main_process,
-                                self.accelerator.wait_for_everyone)
-            if not unlabelled_pool(data.rows):
+        # Workers of one study share its one run (stage(join=...)): so tune takes no run lock, sharing is the point.
+        with stage("tune", cfg, accelerator=self.accelerator, join=cfg.tune.study,
+                   tags={"lesion.study": cfg.tune.study, "lesion.storage": _safe_url(cfg.tune.storage)}) as ctx:
+            self.tracker = ctx.tracker
+            if not unlabelled_pool(ctx.data.rows):
                 raise ConfigError(f"{cfg.data.data}: no unlabelled images; lower label_fraction or pass unlabeled=FOLDER")
-            teacher = self.teacher_info = self.teacher(data)
+            teacher = self.teacher_info = self.teacher(ctx.data)
             stats = read_stats(teacher["pseudo_folder"])
             self.tracker.set_tags({"lesion.teacher_run": teacher["run_id"]})
-            self.study.optimize(lambda t: self.objective(t, data, stats), n_trials=cfg.tune.n_trials,
+            self.study.optimize(lambda t: self.objective(t, ctx.data, stats), n_trials=cfg.tune.n_trials,
                                 timeout=cfg.tune.timeout or None, catch=(Exception,), gc_after_trial=True)
             out = self.summarize()
-            shutil.rmtree(worker_dir, ignore_errors=True)
         return out
 
     def summarize(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lesion.config import MAX_PIXELS
 from lesion.data.io import LESION_ABOVE, load_pair, read_header
 from lesion.data.sources import Record, default_cache_dir, discover, discover_unlabeled
 from lesion.errors import DataError
@@ -142,7 +143,7 @@ def _mode_counts(modes: Counter) -> str:
 
 
 def inspect_data(data: str, unlabeled: str = "", cache_dir: str | Path | None = None,
-                 max_pixels: int = 150_000_000, skip_bad: bool = False) -> InspectReport:
+                 max_pixels: int = MAX_PIXELS, skip_bad: bool = False) -> InspectReport:
     """Discover and decode everything once; see InspectReport.format() for the report."""
     start = time.perf_counter()
     # Discovery with skip_bad=True collects every problem rather than stopping at the first.

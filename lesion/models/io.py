@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import typing
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -30,7 +27,6 @@ from lesion.models.registry import LesionSegmenter, build_model, timm_encoder_na
 
 MODEL_WEIGHTS, MODEL_META = "model.safetensors", "model.json"
 ENCODER_WEIGHTS, ENCODER_META = "encoder.safetensors", "encoder.json"
-URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "s3://", "gs://", "file://")
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -60,36 +56,6 @@ def save_encoder(encoder: nn.Module, encoder_name: str, folder: str | Path, **ex
     save_file(_state(encoder), str(folder / ENCODER_WEIGHTS), metadata={"format": "lesion-encoder"})
     _write_json(folder / ENCODER_META, {"kind": "lesion-encoder", "encoder": timm_encoder_name(encoder_name), **extra})
     return folder
-
-
-def resolve_artifact_dir(source: str, dst: str | Path | None = None) -> Path:
-    """A local folder for a model URI (models:/name@alias, runs:/id/path, ...), downloaded into dst, or a path."""
-    if source.startswith(URI_SCHEMES):
-        import mlflow
-
-        from lesion.tracking import configure_tracking
-
-        configure_tracking()
-        try:
-            return Path(mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=str(dst or tempfile.mkdtemp(prefix="lesion-"))))
-        except Exception as err:  # MLflow raises many types; the user needs one line
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"cannot load {source}: {first}; check the name/alias with `mlflow ui` or pass a local folder") from None
-    path = Path(source)
-    if not path.exists():
-        raise ConfigError(f"{source}: no such model folder or URI; pass models:/NAME@ALIAS, runs:/RUN_ID/PATH or a folder")
-    return path
-
-
-@contextmanager
-def artifact_dir(source: str) -> Iterator[Path]:
-    """resolve_artifact_dir for reading once: a downloaded copy is deleted on exit (no temp folder left behind)."""
-    if not source.startswith(URI_SCHEMES):
-        yield resolve_artifact_dir(source)
-        return
-    with tempfile.TemporaryDirectory(prefix="lesion-") as tmp:
-        yield resolve_artifact_dir(source, tmp)
 
 
 def _find(folder: Path, name: str) -> Path | None:
@@ -162,11 +128,20 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], source: str,
     return extra
 
 
-def init_encoder(model: LesionSegmenter, encoder_init: str) -> dict[str, Any]:
-    """Initialise model in place from encoder_init (not random/imagenet); returns what was loaded."""
-    with artifact_dir(encoder_init) as folder:
-        kind, weights, meta = find_weights(folder)
-        state = read_weights(weights)
+def local_folder(source: str | Path, name: str | None = None) -> Path:
+    """source as an existing folder (lesion.registry turns model URIs into folders first)."""
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"{name or source}: no such model folder or URI; pass models:/NAME@ALIAS, runs:/RUN_ID/PATH "
+                          "or a folder")
+    return path
+
+
+def init_encoder(model: LesionSegmenter, folder: str | Path, name: str | None = None) -> dict[str, Any]:
+    """Initialise model in place from an encoder or segmenter folder (name: what messages call it)."""
+    encoder_init = name or str(folder)
+    kind, weights, meta = find_weights(local_folder(folder, name))
+    state = read_weights(weights)
     wanted = timm_encoder_name(model.config.encoder)
     if meta.get("encoder") != wanted:
         raise ConfigError(
@@ -192,11 +167,14 @@ def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**{**UNSET_MEANS, **{k: v for k, v in meta.items() if k in names}})
 
 
-def load_model(source: str, map_location: str = "cpu") -> tuple[LesionSegmenter, dict[str, Any]]:
-    """A segmenter and its meta from a URI or folder; dropout/drop_path are off for inference."""
-    with artifact_dir(source) as folder:
-        kind, weights, meta = find_weights(folder)
-        state = read_weights(weights, map_location) if kind == "segmenter" else {}
+def load_model(folder: str | Path, map_location: str = "cpu", name: str | None = None) -> tuple[LesionSegmenter, dict[str, Any]]:
+    """A segmenter and its meta from a folder (name: what messages call it); dropout/drop_path are off for inference.
+
+    For a model URI, use lesion.registry.load_model.
+    """
+    source = name or str(folder)
+    kind, weights, meta = find_weights(local_folder(folder, name))
+    state = read_weights(weights, map_location) if kind == "segmenter" else {}
     if kind != "segmenter":
         raise ConfigError(f"{source} is an SSL encoder, not a segmenter; fine-tune it first (encoder_init={source})")
     try:

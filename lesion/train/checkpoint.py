@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from lesion.errors import ConfigError
-from lesion.tracking import write_json
+from lesion.outputs import write_json
 
 PROGRESS = "progress.json"
 EXTRA = "extra.safetensors"

@@ -1,43 +1,45 @@
-"""One training loop through Hugging Face Accelerate, readable top to bottom.
+"""The one training loop, fit(), readable top to bottom, and what it is made of.
 
-fit() trains a segmenter on a dataset of (image, target, valid) items,
-evaluates on validation images at their original resolution after every
-epoch, keeps the best and last weights (safetensors), checkpoints the full
-training state every epoch with accelerator.save_state, and resumes from it.
+    fit(model, task, loaders, cfg, ctx, callbacks)
+
+fit() owns the loop through Hugging Face Accelerate: the optimizer and the
+schedule, per-epoch seeding, gradient accumulation, the NaN check, max_steps,
+the checkpoint of the full training state after every epoch
+(accelerator.save_state) and the resume from it, the best epoch and the
+early-stopping count. What is trained is a Task (the loss of a batch, the
+metrics of an epoch, the extra state a checkpoint keeps): segmentation in
+lesion.train.segmentation, the jigsaw pretext in lesion.ssl.pretext. What is
+done with each epoch (weights kept, pictures, logging, pruning, early stopping)
+are Callbacks (lesion.train.callbacks), called at four points: on_resume,
+on_epoch_end (before the checkpoint: what a resume relies on), on_checkpoint
+(after it: a crash in between re-logs on resume, never twice) and on_fit_end
+(before the resume state is dropped).
 
 Determinism: everything random in an epoch (shuffling, augmentation,
-dropout) is seeded from (seed, epoch), so a run resumed at an epoch boundary
-gives the same final metrics as an uninterrupted one on CPU.
+dropout, puzzles) is seeded from (seed, epoch), so a run resumed at an epoch
+boundary gives the same final metrics as an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol, Sequence
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import DataLoader
 
 from lesion.config import TrainConfig
-from lesion.data.cache import PreprocessCache
-from lesion.data.datasets import SegmentationDataset, epoch_seed, seed_worker
-from lesion.data.splits import Row
+from lesion.data.datasets import epoch_seed
 from lesion.errors import TrainingError
-from lesion.inference import predict_probabilities, score_prediction
-from lesion.metrics import per_image_scores, summarize
-from lesion.models.io import save_model
 from lesion.progress import bar, say
-from lesion.tracking import Tracker
 from lesion.train.checkpoint import finish, finished, load_checkpoint, load_extra, save_checkpoint
-from lesion.train.ema import WeightEMA
-from lesion.train.losses import segmentation_loss
+
 
 def resolve_mixed_precision(choice: str) -> str:
     """auto: bf16 where the GPU supports it, fp32 on CPU (the parameter wins over `accelerate launch` flags)."""
@@ -63,6 +65,19 @@ def resolve_workers(requested: int) -> int:
 
 
 @dataclass
+class FitState:
+    """A fit's progress: what a checkpoint keeps (progress.json) and a finished fit leaves (trained.json)."""
+
+    epoch: int = -1  # the last epoch done
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
+    best_score: float = -1.0  # of the task's monitor (-1 and best_epoch -1 when it has none)
+    best_epoch: int = -1
+    bad_epochs: int = 0  # epochs since the best one
+    stopped_early: bool = False
+
+
+@dataclass
 class FitResult:
     best_score: float
     best_epoch: int
@@ -70,14 +85,198 @@ class FitResult:
     best_dir: Path
     last_dir: Path
     stopped_early: bool = False
-    extra: dict = field(default_factory=dict)
 
 
-def finished_result(workdir: Path, progress: dict) -> FitResult:
-    """The result of a finished fit from its final progress (`last` is `best` when it was the best epoch)."""
+def finished_result(workdir: Path, state: FitState) -> FitResult:
+    """The result of a finished fit from its final state (`last` is `best` when it was the best epoch)."""
     last = workdir / "last"
-    return FitResult(progress["best_score"], progress["best_epoch"], progress["history"], workdir / "best",
-                     last if last.is_dir() else workdir / "best", progress.get("stopped_early", False))
+    return FitResult(state.best_score, state.best_epoch, state.history, workdir / "best",
+                     last if last.is_dir() else workdir / "best", state.stopped_early)
+
+
+@dataclass
+class FitContext:
+    """Where and as what a fit runs: its accelerator, its folder (checkpoints, weights), its seed, its name in logs."""
+
+    accelerator: Accelerator
+    workdir: Path
+    seed: int = 0
+    name: str = "train"
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, text: str) -> None:
+        """A [lesion] line in the log, from the main process only."""
+        if self.main:
+            say(f"[lesion] {text}")
+
+
+class Task(Protocol):
+    """What fit() trains. Every process calls every method; the model is the one Accelerate prepared."""
+
+    monitor: str | None  # the validation metric that picks the best epoch (higher is better); None: no best
+    train_metrics: tuple[str, ...]  # names of the values train_step logs, averaged over each epoch
+
+    def start(self, model: nn.Module, loaders: dict[str, DataLoader]) -> None:
+        """The prepared model and loaders, before a checkpoint loads (a weight EMA starts from the model)."""
+
+    def train_step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, a 1-D tensor of the values to log, in train_metrics order) of one batch."""
+
+    def after_step(self, model: nn.Module, synced: bool) -> None:
+        """After each batch's (possibly accumulated) optimizer step; synced: the weights changed."""
+
+    def validate(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """The epoch's validation metrics ({} for none)."""
+
+    def kept(self, model: nn.Module) -> nn.Module:
+        """The weights that are saved and pictured (a weight EMA, or the unwrapped model)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Extra tensors for the checkpoint (a weight EMA, a queue of negatives)."""
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def summary(self, record: dict[str, float]) -> str:
+        """The epoch's record in a few words, for its log line."""
+
+
+@dataclass
+class Fit:
+    """One fit in progress, as its callbacks see it."""
+
+    ctx: FitContext
+    cfg: TrainConfig
+    task: Task
+    model: nn.Module  # as prepared by Accelerate
+    state: FitState
+
+    @property
+    def record(self) -> dict[str, float]:
+        return self.state.history[-1]
+
+    @property
+    def improved(self) -> bool:
+        """The epoch just done is the best so far (never without a monitor)."""
+        return self.state.best_epoch == self.state.epoch
+
+    @property
+    def out_of_steps(self) -> bool:
+        return bool(self.cfg.max_steps and self.state.step >= self.cfg.max_steps)
+
+    @property
+    def final(self) -> bool:
+        """The epoch just done is the last one (the epochs, early stopping or max_steps)."""
+        return self.state.epoch == self.cfg.epochs - 1 or self.state.stopped_early or self.out_of_steps
+
+    @property
+    def kept(self) -> nn.Module:
+        return self.task.kept(self.model)
+
+
+class Callback:
+    """fit()'s hooks, each a no-op here. Every process calls them: write and draw on fit.ctx.main only."""
+
+    def on_resume(self, fit: Fit) -> None:
+        """A checkpoint was loaded: fit.state.history holds the epochs done."""
+
+    def on_epoch_end(self, fit: Fit) -> None:
+        """The epoch is validated, not yet checkpointed: keep what a resume relies on, decide to stop."""
+
+    def on_checkpoint(self, fit: Fit) -> None:
+        """The epoch is checkpointed: log, picture, report."""
+
+    def on_fit_end(self, fit: Fit) -> None:
+        """The epochs are over; the resume state is dropped next."""
+
+
+def fit(model: nn.Module, task: Task, loaders: dict[str, DataLoader], cfg: TrainConfig, ctx: FitContext,
+        callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train on loaders["train"] (the others are prepared for the task) for cfg.epochs, resuming in ctx.workdir."""
+    accelerator, workdir, deterministic = ctx.accelerator, ctx.workdir, not torch.cuda.is_available()
+    if (done := finished(workdir)) is not None:  # trained before a later crash (logging, registering)
+        ctx.say(f"{ctx.name} finished its epochs before; using what it saved in {workdir}")
+        return finished_result(workdir, FitState(**done))
+    set_seed(ctx.seed, deterministic=deterministic)
+    optimizer = build_optimizer(model, cfg)
+    scheduler, _ = build_scheduler(optimizer, cfg, len(loaders["train"]), accelerator.num_processes)
+    # One accelerator serves every stage of a run (teacher, students, trials): forget the previous stage's
+    # objects, or save_state/load_state would pair this model with the state of the first one prepared.
+    accelerator.free_memory()
+    model, optimizer, *prepared, scheduler = accelerator.prepare(model, optimizer, *loaders.values(), scheduler)
+    prepared = dict(zip(loaders, prepared))
+    task.start(model, prepared)
+    run = Fit(ctx, cfg, task, model, FitState())
+    if (progress := load_checkpoint(accelerator, workdir)) is not None:
+        run.state = FitState(**progress)
+        task.load_state_dict(load_extra(workdir))
+        ctx.say(f"resuming {ctx.name} at epoch {run.state.epoch + 2} from {workdir}")
+        notify(callbacks, "on_resume", run)
+    state = run.state
+    for epoch in range(state.epoch + 1, cfg.epochs):
+        if state.stopped_early or run.out_of_steps:
+            break
+        set_seed(epoch_seed(ctx.seed, epoch), deterministic=deterministic)
+        set_epoch(epoch, loaders["train"].dataset, loaders["train"].sampler, prepared["train"])
+        model.train()
+        sums, batches = torch.zeros(len(task.train_metrics), device=accelerator.device), 0
+        steps = bar(prepared["train"], f"{ctx.name} epoch {epoch + 1}/{cfg.epochs}", enabled=ctx.main,
+                    unit="batches", heartbeat=False)
+        for batch in steps:
+            with accelerator.accumulate(model):
+                loss, logged = task.train_step(model, batch)
+                check_finite(loss, epoch, cfg.lr)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            task.after_step(model, accelerator.sync_gradients)
+            sums += logged
+            batches += 1
+            state.step += int(accelerator.sync_gradients)
+            steps.set_postfix(loss=f"{loss.item():.3f}")
+            if run.out_of_steps:
+                break
+        means = accelerator.reduce(sums / max(1, batches), reduction="mean").tolist()
+        record = {"epoch": epoch, **dict(zip(task.train_metrics, means)), "train/lr": scheduler.get_last_lr()[0],
+                  **task.validate(model, epoch)}
+        state.epoch = epoch
+        state.history.append(record)
+        if task.monitor is not None and record[task.monitor] > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = record[task.monitor], epoch, 0
+        else:
+            state.bad_epochs += 1
+        notify(callbacks, "on_epoch_end", run)
+        # Checkpoint first, then log: a crash in between re-logs on resume, never twice.
+        save_checkpoint(accelerator, workdir, asdict(state), extra=task.state_dict())
+        ctx.say(f"{ctx.name} epoch {epoch + 1}/{cfg.epochs} {task.summary(record)}" + (" *" if run.improved else ""))
+        notify(callbacks, "on_checkpoint", run)
+    notify(callbacks, "on_fit_end", run)
+    finish(accelerator, workdir, asdict(state))  # the resume state is no longer needed (waits for every process)
+    return finished_result(workdir, state)
+
+
+def set_epoch(epoch: int, *parts: object) -> None:
+    """Tell each part that has set_epoch (a dataset's augmentation, a sampler's draws, a prepared loader's order)."""
+    for part in parts:
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
+def check_finite(loss: torch.Tensor, epoch: int, lr: float) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {lr}) "
+                            "and run again with a new run_name")
+
+
+def notify(callbacks: Sequence[Callback], hook: str, run: Fit) -> None:
+    for callback in callbacks:
+        getattr(callback, hook)(run)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -126,224 +325,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, batches_
         total_steps = min(total_steps, cfg.max_steps)
     factor = lr_lambda(cfg, total_steps * num_processes)  # warm-up is a fraction of these steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), total_steps
-
-
-@dataclass
-class Evaluation:
-    metrics: dict[str, float]  # macro averages, `<prefix>/degenerate` the share of degenerate masks
-    counts: np.ndarray  # (N, 4) per-image confusion counts [tp, fp, fn, tn]
-    degenerate: np.ndarray  # (N,) bool: the mask covers most of the frame or touches every border
-    index: np.ndarray  # (N,) row index of each image
-
-
-@torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache: PreprocessCache,
-             accelerator: Accelerator, prefix: str = "val", tta: bool = False,
-             progress: bool = True, postprocess: str | None = None, heartbeat: bool = False) -> Evaluation:
-    """Metrics at each mask's original resolution, macro-averaged over images.
-
-    Masks are scored as users get them: thresholded, then post-processed (postprocess=None:
-    the model's own setting). Each process scores its own shard; gather_for_metrics joins
-    the per-image counts without the padding duplicates of the last batch. The arrays are
-    on every process. In a log, heartbeat lines only with heartbeat=True (evaluate's whole split; not a
-    validation inside an epoch).
-    """
-    model.eval()
-    postprocess = accelerator.unwrap_model(model).config.postprocess if postprocess is None else postprocess
-    all_scores, all_index = [], []
-    for batch in bar(loader, prefix, enabled=progress and accelerator.is_main_process, unit="batches",
-                     heartbeat=heartbeat):
-        with accelerator.autocast():  # also for a model Accelerate did not prepare (the weight EMA)
-            probs = predict_probabilities(model, batch["image"], tta)
-        scores = [score_prediction(prob[0], cache.original_mask(rows[index].image, rows[index].mask), postprocess)
-                  for prob, index in zip(probs, batch["index"].tolist())]
-        scores_t = torch.as_tensor(np.stack(scores), device=accelerator.device)
-        gathered, gathered_index = accelerator.gather_for_metrics((scores_t, batch["index"].to(accelerator.device)))
-        all_scores.append(gathered.cpu().numpy())
-        all_index.append(gathered_index.cpu().numpy())
-    scores_np, index_np = np.concatenate(all_scores), np.concatenate(all_index)
-    counts, degenerate = scores_np[:, :4], scores_np[:, 4].astype(bool)
-    metrics = {f"{prefix}/{k}": v for k, v in summarize(counts).items()}
-    metrics[f"{prefix}/degenerate"] = float(degenerate.mean())
-    return Evaluation(metrics, counts, degenerate, index_np)
-
-
-@torch.inference_mode()
-def score_rows(model: torch.nn.Module, rows: list[Row], cache: PreprocessCache, batch_size: int = 8,
-               device: torch.device | str = "cpu") -> dict[str, float]:
-    """ISIC metrics of model on labelled rows, in this process alone (the registry gate re-scores with it)."""
-    model.eval()
-    scores = []
-    dataset = SegmentationDataset(rows, cache, color_constancy=model.config.color_constancy)
-    for batch in DataLoader(dataset, batch_size, shuffle=False):
-        probs = predict_probabilities(model, batch["image"].to(device)).cpu()
-        scores += [score_prediction(prob[0], cache.original_mask(rows[i].image, rows[i].mask), model.config.postprocess)
-                   for prob, i in zip(probs, batch["index"].tolist())]
-    scores_np = np.stack(scores)
-    per_image = per_image_scores(scores_np[:, :4])
-    # Failure counts, as a user of another clinic's data would tally them.
-    return {**summarize(scores_np[:, :4]), "degenerate": float(scores_np[:, 4].mean()), "images": len(scores_np),
-            "jaccard_below_half": int((per_image["jaccard"] < 0.5).sum()),
-            "specificity_below_half": int((per_image["specificity"] < 0.5).sum())}
-
-
-def _picture(model: torch.nn.Module, val_ds: Dataset, picture_indices: list[int], device: torch.device) -> np.ndarray:
-    from lesion.data.transforms import denormalize
-    from lesion.plots import overlay_grid
-
-    items = [val_ds[i] for i in picture_indices]
-    images = torch.stack([it["image"] for it in items]).to(device)
-    model.eval()
-    probs = predict_probabilities(model, images).cpu().numpy()[:, 0]
-    return overlay_grid([denormalize(it["image"].numpy()) for it in items],
-                        [it["target"][0].numpy() > 0.5 for it in items],
-                        [p >= 0.5 for p in probs],
-                        titles=[val_ds.rows[i].id for i in picture_indices])
-
-
-def fit(
-    model: torch.nn.Module,
-    train_ds: Dataset,
-    val_ds: Dataset,
-    cache: PreprocessCache,
-    cfg: TrainConfig,
-    accelerator: Accelerator,
-    tracker: Tracker,
-    workdir: str | Path,
-    image_size: int,
-    seed: int = 0,
-    num_workers: int = 0,
-    picture_count: int = 4,
-    stage: str = "",
-    sampler_weights: torch.Tensor | None = None,
-    epoch_draws: int = 0,
-    epoch_callback: Callable[[int, dict[str, float]], None] | None = None,
-) -> FitResult:
-    workdir = Path(workdir)
-    main = accelerator.is_main_process
-    if (done := finished(workdir)) is not None:  # trained before a later crash (logging, registering)
-        if main:
-            say(f"[lesion] {stage or 'training'} finished its epochs before; using {workdir / 'best'}")
-        return finished_result(workdir, done)
-    set_seed(seed, deterministic=not torch.cuda.is_available())
-
-    optimizer = build_optimizer(model, cfg)
-    generator = torch.Generator().manual_seed(seed)
-    if sampler_weights is not None:
-        # labelled:pseudo ratio for self-training; one "epoch" is len(train_ds) draws unless epoch_draws says.
-        draws = epoch_draws or len(train_ds)
-        sampler = torch.utils.data.WeightedRandomSampler(sampler_weights, draws, generator=generator)
-        train_loader = DataLoader(train_ds, cfg.batch_size, sampler=sampler, drop_last=draws > cfg.batch_size,
-                                  num_workers=num_workers, worker_init_fn=seed_worker)
-    else:
-        train_loader = DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=generator,
-                                  drop_last=len(train_ds) > cfg.batch_size, num_workers=num_workers,
-                                  worker_init_fn=seed_worker)
-    val_loader = DataLoader(val_ds, cfg.batch_size, shuffle=False, num_workers=num_workers)
-    scheduler, _ = build_scheduler(optimizer, cfg, len(train_loader), accelerator.num_processes)
-    # One accelerator serves every stage of a run (teacher, students, trials): forget the previous stage's
-    # objects, or save_state/load_state would pair this model with the state of the first one prepared.
-    accelerator.free_memory()
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler)
-
-    history: list[dict[str, float]] = []
-    best_score, best_epoch, bad_epochs, start_epoch, step = -1.0, -1, 0, 0, 0
-    ema = WeightEMA(accelerator.unwrap_model(model), cfg.ema) if cfg.ema > 0 else None
-    progress = load_checkpoint(accelerator, workdir)
-    if progress is not None:
-        if ema is not None:
-            ema.load_state_dict(load_extra(workdir))
-        history, best_score, best_epoch = progress["history"], progress["best_score"], progress["best_epoch"]
-        bad_epochs, step, start_epoch = progress["bad_epochs"], progress["step"], progress["epoch"] + 1
-        if main:
-            say(f"[lesion] resuming {stage or 'training'} at epoch {start_epoch + 1} from {workdir}")
-        for record in history:  # re-log anything a crash kept out of MLflow (steps already there are skipped)
-            tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=int(record["epoch"]))
-
-    picture_indices = list(range(min(picture_count, len(val_ds))))
-    stopped_early = False
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.max_steps and step >= cfg.max_steps:
-            break
-        set_seed(epoch_seed(seed, epoch), deterministic=not torch.cuda.is_available())
-        if hasattr(train_ds, "set_epoch"):
-            train_ds.set_epoch(epoch)
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        if sampler_weights is not None:  # the weighted draw of an epoch depends on (seed, epoch) only: resumable
-            generator.manual_seed(epoch_seed(seed, epoch))
-        model.train()
-        loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-        batches = bar(train_loader, f"{stage or 'train'} epoch {epoch + 1}/{cfg.epochs}", enabled=main,
-                      unit="batches", heartbeat=False)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                logits = model(batch["image"])
-                loss = segmentation_loss(cfg.loss, logits, batch["target"], batch["valid"])
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}; lower lr (now {cfg.lr}) "
-                                        "and run again with a new run_name")
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            loss_sum += loss.detach()
-            loss_count += 1
-            if accelerator.sync_gradients:
-                step += 1
-                if ema is not None:
-                    ema.update(accelerator.unwrap_model(model))
-            batches.set_postfix(loss=f"{loss.item():.3f}")
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        train_loss = accelerator.reduce(loss_sum / max(1, loss_count), reduction="mean").item()
-        # With an EMA, the average is the model: validated, kept as best/last, pictured.
-        scored = ema.model if ema is not None else model
-        metrics = evaluate(scored, val_loader, val_ds.rows, cache, accelerator).metrics
-        record = {"epoch": epoch, "train/loss": train_loss, "train/lr": scheduler.get_last_lr()[0], **metrics}
-        history.append(record)
-        improved = metrics["val/jaccard"] > best_score
-        if improved:
-            best_score, best_epoch, bad_epochs = metrics["val/jaccard"], epoch, 0
-        else:
-            bad_epochs += 1
-        unwrapped = ema.model if ema is not None else accelerator.unwrap_model(model)
-        if main:
-            if improved:
-                save_model(unwrapped, workdir / "best", image_size, epoch=epoch, val_jaccard=best_score)
-            save_model(unwrapped, workdir / "last", image_size, epoch=epoch)
-        # Checkpoint first, then log: a crash in between re-logs on resume, never twice.
-        save_checkpoint(accelerator, workdir, {"epoch": epoch, "step": step, "history": history,
-                                               "best_score": best_score, "best_epoch": best_epoch,
-                                               "bad_epochs": bad_epochs},
-                        extra=ema.state_dict() if ema is not None else None)
-        tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-        patience_out = bool(cfg.patience and bad_epochs >= cfg.patience)
-        final = epoch == cfg.epochs - 1 or patience_out or bool(cfg.max_steps and step >= cfg.max_steps)
-        if main:
-            say(f"[lesion] {stage or 'train'} epoch {epoch + 1}/{cfg.epochs} loss {train_loss:.4f} "
-                f"val/jaccard {metrics['val/jaccard']:.4f} val/dice {metrics['val/dice']:.4f}"
-                + (" *" if improved else ""))
-            # The final picture also when training ends early.
-            if picture_indices and (final or (cfg.picture_every and (epoch + 1) % cfg.picture_every == 0)):
-                tracker.log_image(_picture(unwrapped, val_ds, picture_indices, accelerator.device),
-                                  f"pictures/{stage + '_' if stage else ''}epoch_{epoch + 1:03d}.png")
-        if epoch_callback is not None:
-            epoch_callback(epoch, record)
-        if patience_out:
-            stopped_early = True
-            if main:
-                say(f"[lesion] early stop: no better val/jaccard for {cfg.patience} epochs")
-            break
-
-    if main and history:
-        from lesion.plots import learning_curves
-
-        tracker.log_figure(learning_curves(history, stage), f"plots/{stage + '_' if stage else ''}learning_curves.png")
-        if history[-1]["epoch"] == best_epoch:
-            shutil.rmtree(workdir / "last", ignore_errors=True)  # the same weights as best/
-    # The resume state is no longer needed (finish waits for every process).
-    final = {"history": history, "best_score": best_score, "best_epoch": best_epoch, "stopped_early": stopped_early}
-    finish(accelerator, workdir, final)
-    return finished_result(workdir, final)

@@ -360,10 +360,10 @@ def served(model_dir, tmp_path_factory):
     """The pyfunc as `mlflow models serve` loads it (models from code), without starting a server."""
     import mlflow
 
-    from lesion.models.pyfunc import pyfunc_signature
+    from lesion.serving import pyfunc_signature
 
     path = tmp_path_factory.mktemp("served") / "pyfunc"
-    mlflow.pyfunc.save_model(path, python_model=str(REPO / "lesion" / "models" / "pyfunc_model.py"),
+    mlflow.pyfunc.save_model(path, python_model=str(REPO / "lesion" / "serving_model.py"),
                              artifacts={"model_dir": str(model_dir)}, signature=pyfunc_signature(),
                              code_paths=[str(REPO / "lesion")], pip_requirements=[])  # nothing to infer
     return mlflow.pyfunc.load_model(str(path))

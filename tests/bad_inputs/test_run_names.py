@@ -26,7 +26,7 @@ def keepsakes(tmp_path: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("via, name", [("cli", "elsewhere"), ("cli", ".."), ("cli", "a/b"), ("cli", "."),
-                                       ("mlflow", "elsewhere")])
+                                       pytest.param("mlflow", "elsewhere", marks=pytest.mark.slow)])
 def test_a_path_is_not_a_run_name(via, name, tmp_path, tracking):
     files = keepsakes(tmp_path)
     run_name = str(tmp_path / "elsewhere") if name == "elsewhere" else name  # an absolute path

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -143,7 +142,6 @@ def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
     assert sorted(v.tags["role"] for v in versions) == ["student", "student", "teacher", "teacher"]
 
 
-@pytest.mark.slow
 def test_a_student_can_start_from_its_teacher(tmp_path, tracking):
     out = run_selftrain(tiny(tmp_path, run_name="warm", iterations=1, student_init="teacher", register="false"))
     client = MlflowClient()
@@ -160,6 +158,7 @@ def test_a_student_from_its_teacher_must_share_its_encoder(tmp_path):
         run_selftrain(tiny(tmp_path, student_init="teacher", student_encoder="resnet34"))
 
 
+@pytest.mark.slow
 def test_when_every_pseudo_label_is_dropped_the_error_says_what_to_change(tmp_path, tracking):
     from lesion.errors import ConfigError
 
@@ -182,8 +181,9 @@ class PictureTracker:
 
 @pytest.fixture
 def titles_drawn(monkeypatch):
-    """The column titles every grid is drawn with."""
+    """The column titles every grid of the self-training pictures is drawn with."""
     import lesion.plots as plots
+    import lesion.selftrain.loop as loop
 
     drawn, real = [], plots.titled_grid
 
@@ -192,6 +192,7 @@ def titles_drawn(monkeypatch):
         return real(columns, titles, row_titles)
 
     monkeypatch.setattr(plots, "titled_grid", spy)
+    monkeypatch.setattr(loop, "titled_grid", spy)  # bound at import
     return drawn
 
 
@@ -212,7 +213,6 @@ def has_title_band(picture, rows: int, columns: int, tile: int = 64) -> bool:
 def test_the_stage_comparison_names_its_columns(tmp_path, cache_dir, monkeypatch, titles_drawn):
     import numpy as np
 
-    import lesion.inference
     import lesion.selftrain.loop as loop
 
     data = tiny_data(tmp_path, cache_dir)
@@ -221,7 +221,7 @@ def test_the_stage_comparison_names_its_columns(tmp_path, cache_dir, monkeypatch
     # predictions need no trained model here, only its input conventions
     fake = SimpleNamespace(config=SimpleNamespace(color_constancy="none"))
     monkeypatch.setattr(loop, "load_model", lambda source: (fake, {}))
-    monkeypatch.setattr(lesion.inference, "predict_images",
+    monkeypatch.setattr(loop, "predict_images",
                         lambda model, images, size, **_: [np.full(im.shape[:2], 0.9, np.float32) for im in images])
     history = [loop.StageRecord(name, {"best_dir": name, "val_jaccard": 0.5, "val_dice": 0.6})
                for name in ("teacher", "student", "student*")]

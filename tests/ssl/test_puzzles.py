@@ -8,7 +8,7 @@ import torch
 from lesion.config import SSLConfig
 from lesion.errors import ConfigError
 from lesion.ssl.losses import place_loss, tile_info_nce
-from lesion.ssl.pretrain import PuzzleDataset, check_config, puzzle_side
+from lesion.ssl.pretext import PuzzleDataset, check_config, puzzle_side
 from lesion.ssl.puzzles import assemble, make_puzzle, to_tiles, unshuffle
 
 

@@ -11,10 +11,11 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-import tuning.study as study_module
+import lesion.selftrain.rounds as rounds_module
 from lesion.config import SelftrainConfig, TuneConfig, from_flat
 from lesion.errors import TrainingError
-from lesion.selftrain.loop import apply_params, stage_configs
+from lesion.selftrain.loop import apply_params
+from lesion.selftrain.rounds import stage_configs
 from tests.conftest import subprocess_env
 from tuning.study import TEACHER_ATTR, Study
 
@@ -88,16 +89,15 @@ def test_three_trials_one_teacher_and_best_params_for_selftrain(tmp_path, tracki
     assert len(nested_runs("teacher")) == 1, "the teacher is trained once per study"
 
 
-@pytest.mark.slow
 def test_pruned_and_failed_trials_do_not_stop_the_study(tmp_path, tracking, monkeypatch):
-    real = study_module.train_segmenter
+    real = rounds_module.train_segmenter
 
     def flaky(cfg, accelerator, tracker, workdir, *args, **kwargs):
         if Path(workdir).name == "trial-1":
             raise TrainingError("loss became nan at epoch 1; lower lr")
         return real(cfg, accelerator, tracker, workdir, *args, **kwargs)
 
-    monkeypatch.setattr(study_module, "train_segmenter", flaky)
+    monkeypatch.setattr(rounds_module, "train_segmenter", flaky)
     out = Study(tiny(tmp_path, n_trials=3, study="sp"), pruner=optuna.pruners.ThresholdPruner(lower=1.01)).run()
     study = optuna.load_study(study_name="sp", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = [t.state.name for t in study.trials]

@@ -1,4 +1,4 @@
-"""A run's life: its name, its one owner, its resume (also through `mlflow run` after kill -9), its store."""
+"""A run's life (tracking/tracker.py): its name, its one owner, its resume, also through `mlflow run` after kill -9."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -96,8 +95,77 @@ def test_a_run_started_by_mlflow_run_resumes_with_the_same_command(name, trackin
     assert retry not in active
 
 
+def test_a_preset_under_mlflow_run_moves_the_work_into_a_fresh_run_that_logs_its_values(tracking, monkeypatch):
+    """mlflow run logs the MLproject defaults before lesion reads the preset (config=), and a logged param cannot
+    change: the work goes into a fresh run with the values it used, and mlflow run's empty run is dropped."""
+    from lesion.cli import parameter_names
+    from lesion.config import load_preset
+
+    given = {"run_name": "with-preset", "data": "synthetic:n=24,size=64,seed=5", "config": "configs/cpu.json"}
+    cfg = from_flat(FinetuneConfig, {**load_preset(str(REPO / "configs/cpu.json"), FinetuneConfig, parameter_names()),
+                                     "run_name": "with-preset", "data": given["data"]})
+    client = MlflowClient()
+    experiment = client.create_experiment("preset-via-mlflow-run")
+    env_run = client.create_run(experiment, tags={"mlflow.source.name": "file:///project",
+                                                  "mlflow.project.entryPoint": "finetune"}).info.run_id
+    logged = mlflow_run_params("finetune", given)
+    for key, value in logged.items():
+        client.log_param(env_run, key, value)
+    assert logged["epochs"] != str(cfg.train.epochs), "the preset must change a logged value for this test"
+    monkeypatch.setenv("MLFLOW_RUN_ID", env_run)
+    with Tracker().run("finetune", cfg.run.run_name, params=to_flat(cfg)) as tracker:
+        work_run = tracker.run_id
+        assert work_run != env_run and not tracker.resumed
+    work = client.get_run(work_run)
+    assert work.info.status == "FINISHED" and work.info.experiment_id == experiment
+    assert work.data.params["epochs"] == str(cfg.train.epochs), "the run logs the preset's value"
+    assert work.data.tags["mlflow.runName"] == "with-preset"
+    assert work.data.tags["mlflow.project.entryPoint"] == "finetune", "mlflow run's tags come along"
+    left = client.get_run(env_run)
+    assert left.data.tags["lesion.moved_into"] == work_run
+    assert left.info.status == "FINISHED" and left.info.lifecycle_stage == "deleted"
+    assert "MLFLOW_RUN_ID" not in os.environ
+
+
+def test_a_run_with_a_generated_name_resumes_when_that_name_is_given(tracking):
+    """A run started without run_name logged run_name='' (the name was generated): the re-run that names it is the
+    same run, not one "with other parameters"."""
+    with pytest.raises(RuntimeError):
+        with Tracker().run("finetune", "finetune-20261202-1200-ab12", "generated",
+                           params={"run_name": "", "experiment": "", "epochs": 2}) as first:
+            raise RuntimeError("crash")
+    with Tracker().run("finetune", "finetune-20261202-1200-ab12", "generated",
+                       params={"run_name": "finetune-20261202-1200-ab12", "experiment": "generated", "epochs": 2}) as again:
+        assert again.resumed and again.run_id == first.run_id
+    with pytest.raises(RuntimeError):
+        with Tracker().run("finetune", "other", "generated", params={"epochs": 2}) as crashed:
+            raise RuntimeError("crash")
+    with pytest.raises(ConfigError, match=r"other parameters: epochs=3 \(logged: 2\)"):
+        with Tracker().run("finetune", "other", "generated", params={"epochs": 3}):
+            pass
+    assert MlflowClient().get_run(crashed.run_id).info.status == "FAILED"
+
+
+def test_a_user_error_before_any_work_leaves_no_run_and_one_after_keeps_it(tracking):
+    client = MlflowClient()
+    with pytest.raises(ConfigError):
+        with Tracker().run("finetune", "bad-data", "errors", params={"data": "/no/such/folder"}) as refused:
+            raise ConfigError("data=/no/such/folder: no such folder")
+    assert client.get_run(refused.run_id).info.lifecycle_stage == "deleted", "nothing in it: no empty run stays"
+    with pytest.raises(ConfigError):
+        with Tracker().run("finetune", "late", "errors", params={"epochs": 2}) as worked:
+            worked.log_metrics({"train/loss": 0.5}, step=1)
+            raise ConfigError("every pseudo-label was dropped")
+    kept = client.get_run(worked.run_id)
+    assert kept.info.lifecycle_stage == "active" and kept.info.status == "FAILED", "it holds work: resumable"
+    with pytest.raises(RuntimeError):
+        with Tracker().run("finetune", "a-bug", "errors", params={"epochs": 2}) as bug:
+            raise RuntimeError("shape mismatch")
+    assert client.get_run(bug.run_id).info.lifecycle_stage == "active", "a crash keeps its run, for its traceback"
+
+
 def test_default_run_names_do_not_collide_within_a_second():
-    from lesion.train.finetune import shared_run_name
+    from lesion.stage import shared_run_name
 
     class OneProcess:
         num_processes = 1
@@ -115,8 +183,8 @@ def test_every_stage_refuses_a_run_that_a_live_process_holds(entry, tmp_path, tr
     from lesion.evaluate import run_evaluate
     from lesion.runs import RunInProgress, run_lock
     from lesion.selftrain.loop import run_selftrain
-    from lesion.ssl.pretrain import run_pretrain
-    from lesion.train.finetune import run_finetune
+    from lesion.finetune import run_finetune
+    from lesion.pretrain import run_pretrain
 
     config, function = {"finetune": (FinetuneConfig, run_finetune), "selftrain": (SelftrainConfig, run_selftrain),
                         "pretrain": (PretrainConfig, run_pretrain), "evaluate": (EvaluateConfig, run_evaluate)}[entry]
@@ -126,67 +194,6 @@ def test_every_stage_refuses_a_run_that_a_live_process_holds(entry, tmp_path, tr
             function(cfg)
     assert not all_runs(MlflowClient()), "refused before any MLflow run was made"
     assert not (tmp_path / "out" / entry / "busy").exists()
-
-
-# --------------------------------------------------------------------------- the store
-
-
-RACER = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    import alembic, sqlalchemy, mlflow.store.tracking.sqlalchemy_store  # the slow imports, before the start
-    from lesion.tracking import Tracker
-    barrier, ready, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    ready.touch()
-    while not barrier.exists():
-        time.sleep(0.002)
-    with Tracker().run("finetune", name, "race", params={"worker": name}):
-        pass
-""")
-
-
-@pytest.mark.slow
-def test_workers_that_start_together_on_a_new_store_all_get_their_run(tmp_path):
-    """Released at the same instant, each process's first store access meets an empty SQLite database:
-    without care, their schema migrations collide (alembic: 'Online migration expected to match one row')."""
-    script = tmp_path / "racer.py"
-    script.write_text(RACER)
-    uri = f"sqlite:///{tmp_path / 'new-store.db'}"
-    env = subprocess_env(MLFLOW_TRACKING_URI=uri, PYTHONPATH=str(REPO))
-    barrier, n = tmp_path / "go", 4
-    procs = [subprocess.Popen([sys.executable, str(script), str(barrier), str(tmp_path / f"ready{i}"), f"w{i}"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(n)]
-    deadline = time.time() + 120
-    while not all((tmp_path / f"ready{i}").exists() for i in range(n)):
-        assert all(p.poll() is None for p in procs), [p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
-        assert time.time() < deadline, "the racers never got ready"
-        time.sleep(0.05)
-    barrier.touch()
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    failed = [out[-1500:] for p, out in zip(procs, outputs) if p.returncode != 0]
-    assert not failed, failed
-    client = MlflowClient(tracking_uri=uri)
-    names = sorted(r.data.tags[TAG_RUN_NAME] for r in client.search_runs([client.get_experiment_by_name("race").experiment_id]))
-    assert names == [f"w{i}" for i in range(n)]
-
-
-def test_a_database_server_that_is_migrating_is_asked_again(monkeypatch):
-    import lesion.tracking as tracking_module
-
-    calls = []
-
-    def busy_then_ready():
-        calls.append(1)
-        if len(calls) < 3:
-            raise RuntimeError("Online migration expected to match one row when updating ... 0 found")
-
-    monkeypatch.setattr(tracking_module, "_open_stores", busy_then_ready)
-    monkeypatch.setattr(tracking_module.time, "sleep", lambda s: None)
-    tracking_module._initialise_store("postgresql://user@dbhost/mlflow-test-retry")
-    assert len(calls) == 3
-    with pytest.raises(RuntimeError, match="Online migration"):
-        calls.clear()
-        tracking_module._initialise_store("postgresql://user@dbhost/mlflow-test-gives-up", attempts=2)
 
 
 # --------------------------------------------------------------------------- mlflow run, as users run it

@@ -15,14 +15,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from safetensors.torch import load_file
 
-import lesion.ssl.pretrain as pretrain_module
+import lesion.train.engine as engine_module
 from lesion.cli import run_entry_point
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
 from lesion.errors import ConfigError
-from lesion.models.io import artifact_dir
-from lesion.ssl.pretrain import run_pretrain
+from lesion.registry import artifact_dir
+from lesion.finetune import build_initialised_model, run_finetune
+from lesion.pretrain import run_pretrain
 from lesion.tracking import Tracker
-from lesion.train.finetune import build_initialised_model, run_finetune
 from tests.conftest import REPO, subprocess_env
 
 DATA = "synthetic:n=16,size=64"  # 13 training images: 3 steps of 4 per epoch
@@ -96,6 +96,7 @@ def test_pretraining_lowers_its_loss_logs_and_registers_the_encoder(pretrained, 
         assert not folder.exists(), "a downloaded copy must not be left in the temp folder"
 
 
+@pytest.mark.slow
 def test_finetuning_from_the_uri_loads_every_encoder_tensor(pretrained, store):
     with artifact_dir("models:/lesion-encoder/latest") as folder:
         logged = load_file(str(folder / "encoder.safetensors"))
@@ -124,10 +125,11 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("queue_size", [0, 8])
+@pytest.mark.slow
 def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, store, monkeypatch, queue_size):
     reference = pretrained if queue_size == 0 else run_pretrain(
         config(store, run_name=f"reference-q{queue_size}", register=False, queue_size=queue_size))
-    real_save = pretrain_module.save_checkpoint
+    real_save = engine_module.save_checkpoint
 
     def crash_after_epoch_1(accelerator, workdir, progress, **kwargs):
         real_save(accelerator, workdir, progress, **kwargs)
@@ -135,10 +137,10 @@ def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, 
             raise Crash("simulated crash after epoch 1")
 
     name = f"crashy-q{queue_size}"
-    monkeypatch.setattr(pretrain_module, "save_checkpoint", crash_after_epoch_1)
+    monkeypatch.setattr(engine_module, "save_checkpoint", crash_after_epoch_1)
     with pytest.raises(Crash):
         run_pretrain(config(store, run_name=name, register=False, queue_size=queue_size))
-    monkeypatch.setattr(pretrain_module, "save_checkpoint", real_save)
+    monkeypatch.setattr(engine_module, "save_checkpoint", real_save)
     state = store / "out" / "pretrain" / name / "state"
     assert (state / "extra.safetensors").is_file() and not list(state.glob("custom_checkpoint_*")), \
         "the queue is saved as safetensors: nothing to unpickle on resume"
@@ -153,17 +155,18 @@ def test_a_crashed_pretraining_resumes_its_run_with_the_same_losses(pretrained, 
     assert not state.exists(), "finished: the resume state is dropped"
 
 
+@pytest.mark.slow
 def test_a_crash_after_pretraining_keeps_the_trained_encoder(store, monkeypatch):
-    real_finish = pretrain_module.finish
+    real_finish = engine_module.finish
 
     def crash_once_finished(*args, **kwargs):
         real_finish(*args, **kwargs)
         raise Crash("simulated crash as the run ends")
 
-    monkeypatch.setattr(pretrain_module, "finish", crash_once_finished)
+    monkeypatch.setattr(engine_module, "finish", crash_once_finished)
     with pytest.raises(Crash):
         run_pretrain(config(store, run_name="late-crash", register=False, epochs=1))
-    monkeypatch.setattr(pretrain_module, "finish", real_finish)
+    monkeypatch.setattr(engine_module, "finish", real_finish)
     workdir = store / "out" / "pretrain" / "late-crash"
     assert not (workdir / "state").exists()
     trained = load_file(str(workdir / "encoder" / "encoder.safetensors"))
@@ -179,6 +182,7 @@ def test_impossible_settings_fail_before_any_run(store, capsys):
     assert "grid=16 at image_size=64 gives 4-px tiles" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_pretrain_entry_point_registers_an_encoder(store, tmp_path):
     before = len(MlflowClient().search_model_versions("name='lesion-encoder'"))
     proc = subprocess.run([sys.executable, "pipelines/pretrain.py", "--data", DATA,
@@ -191,6 +195,7 @@ def test_the_pretrain_entry_point_registers_an_encoder(store, tmp_path):
     assert int(newest.version) == max(int(v.version) for v in versions) and newest.tags["epochs"] == "1"
 
 
+@pytest.mark.slow
 def test_pretraining_needs_no_mask_at_all(store, tmp_path):
     from lesion.data.synthetic import generate_one
 

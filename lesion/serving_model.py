@@ -2,6 +2,6 @@
 
 import mlflow
 
-from lesion.models.pyfunc import LesionPyfunc
+from lesion.serving import LesionPyfunc
 
 mlflow.models.set_model(LesionPyfunc())

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-import lesion.train.finetune as finetune_module
+import lesion.finetune as finetune_module
 from lesion.config import from_flat, FinetuneConfig
 from lesion.errors import ConfigError
-from lesion.train.finetune import run_finetune
+from lesion.finetune import run_finetune
+from lesion.train.engine import Callback
 
 TINY = {"data": "synthetic:n=40,size=64,seed=1", "image_size": 64, "batch_size": 8, "epochs": 3, "lr": 3e-3,
         "picture_every": 1}
@@ -18,6 +19,7 @@ def tiny_config(tmp_path, **overrides) -> FinetuneConfig:
     return from_flat(FinetuneConfig, {**TINY, "output_dir": str(tmp_path / "outputs"), **overrides})
 
 
+@pytest.mark.slow
 def test_finetune_learns_logs_and_registers(tmp_path, tracking):
     out = run_finetune(tiny_config(tmp_path, run_name="ft"))
     history = out["history"]
@@ -44,6 +46,7 @@ def test_finetune_learns_logs_and_registers(tmp_path, tracking):
     assert out["test"] is None and "best/test_jaccard" not in run.data.metrics, "no test split, no test score"
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_is_scored_on_the_test_split_as_evaluate_scores_it(tmp_path, tracking):
     from lesion.config import EvaluateConfig
     from lesion.evaluate import run_evaluate
@@ -72,10 +75,10 @@ def test_a_run_that_ends_early_still_logs_its_final_picture(tmp_path, tracking):
 def test_a_diverging_loss_is_one_clear_line_and_a_failed_run(tmp_path, tracking, monkeypatch):
     import torch
 
-    import lesion.train.engine as engine
+    import lesion.train.segmentation as segmentation
     from lesion.errors import TrainingError
 
-    monkeypatch.setattr(engine, "segmentation_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(segmentation, "segmentation_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError, match=r"^loss became nan at epoch 1; lower lr \(now 0.003\)") as err:
         run_finetune(tiny_config(tmp_path, run_name="nan", epochs=1))
     assert "\n" not in str(err.value)
@@ -88,18 +91,29 @@ class Crash(Exception):
     pass
 
 
+class CrashAfter(Callback):
+    """A crash once `epoch` is checkpointed and logged (where a pruned trial stops)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_checkpoint(self, fit):
+        if fit.state.epoch == self.epoch:
+            raise Crash(f"simulated crash after epoch {self.epoch + 1}")
+
+
+def crashing_after(real_fit, epoch: int):
+    def crashing_fit(model, task, loaders, cfg, ctx, callbacks):
+        return real_fit(model, task, loaders, cfg, ctx, [*callbacks, CrashAfter(epoch)])
+    return crashing_fit
+
+
+@pytest.mark.slow
 def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_path, tracking, monkeypatch, capsys):
     reference = run_finetune(tiny_config(tmp_path / "a", run_name="reference", register=False))
 
     real_fit = finetune_module.fit
-
-    def crashing_fit(*args, **kwargs):
-        def crash(epoch, record):
-            if epoch == 1:
-                raise Crash("simulated crash after epoch 2")
-        return real_fit(*args, **{**kwargs, "epoch_callback": crash})
-
-    monkeypatch.setattr(finetune_module, "fit", crashing_fit)
+    monkeypatch.setattr(finetune_module, "fit", crashing_after(real_fit, epoch=1))
     with pytest.raises(Crash):
         run_finetune(tiny_config(tmp_path / "b", run_name="crashy", register=False))
     monkeypatch.setattr(finetune_module, "fit", real_fit)
@@ -138,37 +152,10 @@ def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_pa
     assert (workdir / "best" / "model.safetensors").stat().st_nlink == 2, "one copy of the weights on this disk"
 
 
-def test_champion_gate_rescores_the_champion_on_the_candidates_validation_images(tmp_path, tracking):
-    # A barely trained champion whose registered score (from "other data") looks unbeatable.
-    weak = run_finetune(tiny_config(tmp_path / "a", data="synthetic:n=40,size=64,seed=7", run_name="weak",
-                                    max_steps=1, epochs=1))
-    client = MlflowClient()
-    client.set_model_version_tag("lesion-segmenter", weak["version"], "val_jaccard", "0.99")
-
-    strong = run_finetune(tiny_config(tmp_path / "b", run_name="strong"))
-    gate = strong["champion"]
-    assert gate["champion_version"] == weak["version"]
-    assert gate["champion_registered_val_jaccard"] == pytest.approx(0.99)
-    assert gate["champion_val_jaccard"] < 0.99, "the champion must be re-scored on these images, not trusted"
-    assert gate["promoted"] and gate["candidate_val_jaccard"] > gate["champion_val_jaccard"]
-    assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == strong["version"]
-
-    # And a worse candidate on the same images does not move it.
-    worse = run_finetune(tiny_config(tmp_path / "c", run_name="worse", max_steps=1, epochs=1))
-    assert not worse["champion"]["promoted"]
-    assert worse["champion"]["champion_val_jaccard"] == pytest.approx(strong["best_val_jaccard"], abs=1e-6)
-    assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == strong["version"]
-
-
+@pytest.mark.slow
 def test_resuming_with_another_model_is_a_clear_error(tmp_path, tracking, monkeypatch):
     real_fit = finetune_module.fit
-
-    def crashing_fit(*args, **kwargs):
-        def crash(epoch, record):
-            raise Crash("simulated crash after epoch 1")
-        return real_fit(*args, **{**kwargs, "epoch_callback": crash})
-
-    monkeypatch.setattr(finetune_module, "fit", crashing_fit)
+    monkeypatch.setattr(finetune_module, "fit", crashing_after(real_fit, epoch=0))
     with pytest.raises(Crash):
         run_finetune(tiny_config(tmp_path, run_name="changed", register=False, epochs=2))
     monkeypatch.setattr(finetune_module, "fit", real_fit)

@@ -1,4 +1,4 @@
-"""The MLflow pyfunc flavour of a segmenter: images in, masks out.
+"""Serving: the MLflow pyfunc flavour of a segmenter, images in, masks out (`mlflow models serve`).
 
 Input: a DataFrame with an `image` column of encoded PNG/JPEG bytes (MLflow's
 JSON formats carry them as base64). Output: one row per image with the mask
@@ -22,7 +22,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 150_000_000
+from lesion.config import MAX_PIXELS
+from lesion.inference import final_mask, mask_png, mask_report, predict_images
+from lesion.models.io import load_model
+
 
 
 def pyfunc_signature():
@@ -82,7 +85,7 @@ def _threshold(params: dict) -> float:
     return threshold
 
 
-def decode_image(data: bytes | str, row: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes | str, row: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if isinstance(data, str):
         try:
             data = base64.b64decode(data, validate=True)
@@ -103,13 +106,9 @@ def decode_image(data: bytes | str, row: int, max_pixels: int = DEFAULT_MAX_PIXE
 
 class LesionPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from lesion.models.io import load_model
-
         self.model, self.meta = load_model(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from lesion.inference import final_mask, mask_png, mask_report, predict_images
-
         params = params or {}
         threshold = _threshold(params)  # before any image is decoded
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns or len(model_input) == 0:

@@ -164,6 +164,11 @@ def drop_empty_run(run_id: str) -> None:
                      start_new_session=True)  # outlives this job, and a kill of its process group
 
 
+def holds_nothing(client: MlflowClient, run_id: str) -> bool:
+    """Whether the run has no metric and no artifact yet (its params say only what was asked)."""
+    return not client.get_run(run_id).data.metrics and not client.list_artifacts(run_id)
+
+
 def drop_unused_env_run() -> None:
     """mlflow run's run, when its command stopped on a user error before any work went into it: tagged, then
     dropped (drop_empty_run), so that bad input leaves no empty run in the UI. Best effort: the one-line error
@@ -174,7 +179,7 @@ def drop_unused_env_run() -> None:
     try:
         configure_tracking()
         client = MlflowClient()
-        if client.get_run(run_id).data.metrics or client.list_artifacts(run_id):
+        if not holds_nothing(client, run_id):
             return
         client.set_tag(run_id, "lesion.stopped", "a user error before any work (the message is in the console)")
         drop_empty_run(run_id)
@@ -315,7 +320,7 @@ class Tracker:
             raise
         except LesionError:
             status = "FAILED"
-            empty = not resumed and not nested and self._holds_nothing()
+            empty = not resumed and not nested and holds_nothing(MlflowClient(), self.run_id)
             raise
         except BaseException:
             status = "FAILED"
@@ -326,11 +331,6 @@ class Tracker:
                 drop_empty_run(self.run_id)
             if nested:
                 self.run_id, self.resumed, self._logged_steps = outer
-
-    def _holds_nothing(self) -> bool:
-        """Whether the run has no metric and no artifact yet (its params say only what was asked)."""
-        client = MlflowClient()
-        return not client.get_run(self.run_id).data.metrics and not client.list_artifacts(self.run_id)
 
     @property
     def active(self) -> bool:

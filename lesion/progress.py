@@ -3,8 +3,9 @@
 On a terminal (stderr, where tqdm draws, is a TTY) a loop shows a tqdm bar. In a log (`mlflow run` under
 CI, nohup, `> run.log 2>&1`) a bar is a stream of `\\r` redraws: megabytes for a 20-epoch run. There:
 
-- loops inside an epoch print nothing (heartbeat=False): the epoch's own summary line, written with
-  say(), is the one line per epoch;
+- loops inside an epoch print nothing (every=EPOCH_HEARTBEAT_S): the epoch's own summary line, written
+  with say(), is the one line per epoch; only an epoch longer than EPOCH_HEARTBEAT_S (a 10k-image
+  pretraining pool on a CPU) also says how far it is, every EPOCH_HEARTBEAT_S seconds;
 - long loops that are not epochs (pseudo-labelling a pool, cache warm-up, predict) print a line every
   HEARTBEAT_S seconds, and a last one when they end, so a reader sees they are alive; loops shorter than
   that print nothing.
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 HEARTBEAT_S = 30.0
+EPOCH_HEARTBEAT_S = 300.0  # an epoch loop: silent unless the epoch runs for minutes
 
 
 def on_terminal() -> bool:
@@ -102,8 +104,8 @@ class _Heartbeat(_Quiet):
 
 
 def bar(iterable: Iterable[T], desc: str, *, total: int | None = None, enabled: bool = True, unit: str = "it",
-        heartbeat: bool = True) -> Any:
-    """Iterate with progress: a tqdm bar on a terminal; in a log, heartbeat lines (or none: heartbeat=False).
+        heartbeat: bool = True, every: float = HEARTBEAT_S) -> Any:
+    """Iterate with progress: a tqdm bar on a terminal; in a log, a line every `every` seconds (none: heartbeat=False).
 
     The result iterates like iterable and has set_postfix() (a no-op without a bar).
     """
@@ -113,4 +115,4 @@ def bar(iterable: Iterable[T], desc: str, *, total: int | None = None, enabled: 
         return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, dynamic_ncols=True)
     if not heartbeat:
         return _Quiet(iterable)
-    return _Heartbeat(iterable, desc, total, unit, HEARTBEAT_S)
+    return _Heartbeat(iterable, desc, total, unit, every)

@@ -41,6 +41,20 @@ def test_in_a_log_a_long_loop_prints_a_line_every_30_seconds_and_an_epoch_loop_n
     assert capsys.readouterr().out == "", "epoch loops and short loops say nothing; the epoch line says it all"
 
 
+def test_in_a_log_an_epoch_of_minutes_says_how_far_it_is_every_five_minutes(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "on_terminal", lambda: False)
+    monkeypatch.setattr(progress.time, "monotonic", Clock(100.0))  # each batch takes 100 s
+    epoch = progress.bar(range(10), "ssl epoch 1/2", unit="batches", every=progress.EPOCH_HEARTBEAT_S)
+    assert list(epoch) == list(range(10))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[1].split()[0] for line in lines] == ["3/10", "6/10", "9/10", "10/10"]
+    assert lines[0].startswith("[lesion] ssl epoch 1/2: 3/10 batches (30%), 5m00s so far, about 11m40s left")
+
+    monkeypatch.setattr(progress.time, "monotonic", Clock(20.0))  # a 200-s epoch: the epoch line says it all
+    assert list(progress.bar(range(10), "ssl epoch 2/2", every=progress.EPOCH_HEARTBEAT_S)) == list(range(10))
+    assert capsys.readouterr().out == ""
+
+
 def test_mlflow_download_bars_are_off_in_a_log_unless_asked_for(monkeypatch):
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     monkeypatch.setattr(progress, "on_terminal", lambda: False)

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader
 from lesion.config import TrainConfig
 from lesion.data.datasets import epoch_seed
 from lesion.errors import TrainingError
-from lesion.progress import bar, say
+from lesion.progress import EPOCH_HEARTBEAT_S, bar, say
 from lesion.train.checkpoint import finish, finished, load_checkpoint, load_extra, save_checkpoint
 
 
@@ -226,7 +226,7 @@ def fit(model: nn.Module, task: Task, loaders: dict[str, DataLoader], cfg: Train
         model.train()
         sums, batches = torch.zeros(len(task.train_metrics), device=accelerator.device), 0
         steps = bar(prepared["train"], f"{ctx.name} epoch {epoch + 1}/{cfg.epochs}", enabled=ctx.main,
-                    unit="batches", heartbeat=False)
+                    unit="batches", every=EPOCH_HEARTBEAT_S)
         for batch in steps:
             with accelerator.accumulate(model):
                 loss, logged = task.train_step(model, batch)

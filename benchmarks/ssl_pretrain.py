@@ -1,13 +1,16 @@
 """Does SSL pretraining help? Fine-tuning from the jigsaw auto-encoder vs from random init, few labels.
 
-    python -m benchmarks.ssl_pretrain --ssl_epochs 8 --epochs 15 --label_fraction 0.1 --seeds 0 1 2
+    python -m benchmarks.ssl_pretrain --ssl_epochs 40 --epochs 30 --seeds 0 1 2
+    python -m benchmarks.ssl_pretrain --ssl_epochs 2 --epochs 30 --seeds 0 1 2 --unlabeled ../shared/data/ham10000/unlabeled
 
 1. pretrain (run_pretrain, seed --seed) on the training images of --data
    (default ../shared/data/isic2017-sample: 456 images; masks unused,
-   validation images never seen) -> a lesion-encoder version;
+   validation images never seen), plus every image of --unlabeled (another
+   clinic's unlabelled pool) -> a lesion-encoder version;
 2. for every seed of --seeds (each draws its own labelled subset and its own
-   decoder init): fine-tune U-Net/resnet18 with label_fraction of the
-   training masks from models:/lesion-encoder/<that version>;
+   decoder init): fine-tune with label_fraction of the training masks from
+   models:/lesion-encoder/<that version>, with lesion's fine-tuning defaults
+   (plus --ft_set), and score the best epoch on --external too;
 3. the same fine-tune from random init: same data, epochs, lr and seed.
 
 Everything goes through the entry points' functions and is tracked in
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import SAMPLE, machine, print_table
+from benchmarks.common import EXTERNAL, SAMPLE, machine, print_table
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
 from lesion.runs import default_run_name
 
@@ -44,6 +47,7 @@ def pretrain(args: argparse.Namespace, tag: str) -> dict:
     overrides = dict(kv.split("=", 1) for kv in args.set)
     started = time.time()
     out = run_pretrain(from_flat(PretrainConfig, {**common(args), "epochs": args.ssl_epochs, "lr": args.ssl_lr,
+                                                  "unlabeled": args.unlabeled,
                                                   "run_name": default_run_name(f"ssl-{tag}"), **overrides}))
     return {**out, "minutes": (time.time() - started) / 60}
 
@@ -53,22 +57,28 @@ def finetune(args: argparse.Namespace, name: str, encoder_init: str, seed: int) 
 
     started = time.time()
     overrides = dict(kv.split("=", 1) for kv in args.ft_set)
+    if args.lr is not None:
+        overrides.setdefault("lr", str(args.lr))
     out = run_finetune(from_flat(FinetuneConfig, {
-        **common(args), "seed": seed, "label_fraction": args.label_fraction, "epochs": args.epochs, "lr": args.lr,
-        "encoder_init": encoder_init, "run_name": default_run_name(name), "register": False, **overrides}))
+        **common(args), "seed": seed, "label_fraction": args.label_fraction, "epochs": args.epochs,
+        "external": args.external, "encoder_init": encoder_init, "run_name": default_run_name(name),
+        "register": False, **overrides}))
     best = next(h for h in out["history"] if h["epoch"] == out["best_epoch"])
     last5 = sum(h["val/jaccard"] for h in out["history"][-5:]) / len(out["history"][-5:])
     return {"name": name, "init": "random" if encoder_init == "random" else "SSL", "seed": seed, "best": best,
-            "last": out["history"][-1], "last5": last5, "minutes": (time.time() - started) / 60}
+            "last": out["history"][-1], "last5": last5, "external": out["external"] or {},
+            "minutes": (time.time() - started) / 60}
 
 
 def mean_row(rows: list[dict], init: str, labels: str, epochs: int) -> list[object]:
     """The mean over seeds of one init's best and last-5 Jaccard (and its spread)."""
     best = np.array([r["best"]["val/jaccard"] for r in rows if r["init"] == init])
     last5 = np.array([r["last5"] for r in rows if r["init"] == init])
-    return [f"**{init}, mean of {len(best)}**", labels, epochs, f"**{best.mean():.4f}** ± {best.std():.4f}",
+    ext = np.array([r["external"].get("jaccard", np.nan) for r in rows if r["init"] == init])
+    poor = np.array([r["external"].get("jaccard_below_half", np.nan) for r in rows if r["init"] == init])
+    return [f"**{init}, mean of {len(best)}**", labels, epochs, f"**{best.mean():.4f}** ± {best.std(ddof=1):.4f}",
             f"{np.mean([r['best']['val/dice'] for r in rows if r['init'] == init]):.4f}", "",
-            f"{last5.mean():.4f}", ""]
+            f"{last5.mean():.4f}", f"**{ext.mean():.4f}** ± {ext.std(ddof=1):.4f}", f"{poor.mean():.0f}", ""]
 
 
 def paired_gains(rows: list[dict]) -> list[str]:
@@ -76,7 +86,8 @@ def paired_gains(rows: list[dict]) -> list[str]:
     by_seed = {(r["init"], r["seed"]): r for r in rows}
     seeds = [s for (init, s) in by_seed if init == "SSL" and ("random", s) in by_seed]
     lines = []
-    for label, value in (("best epoch", lambda r: r["best"]["val/jaccard"]), ("mean of last 5", lambda r: r["last5"])):
+    for label, value in (("best epoch", lambda r: r["best"]["val/jaccard"]), ("mean of last 5", lambda r: r["last5"]),
+                         ("external set, best epoch", lambda r: r["external"].get("jaccard", np.nan))):
         gains = np.array([value(by_seed["SSL", s]) - value(by_seed["random", s]) for s in seeds])
         if len(gains):
             lines.append(f"SSL - random, {label}: mean {gains.mean():+.4f}, ahead on {(gains > 0).sum()} of {len(gains)} "
@@ -91,8 +102,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--ssl_epochs", type=int, default=8, help="pretraining epochs")
     parser.add_argument("--ssl_lr", type=float, default=1e-3)
-    parser.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs (both inits)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="fine-tuning lr (both inits)")
+    parser.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (both inits)")
+    parser.add_argument("--unlabeled", default="",
+                        help="extra unlabelled folder to pretrain on, e.g. ../shared/data/ham10000/unlabeled (9,381 images)")
+    parser.add_argument("--external", default=str(EXTERNAL),
+                        help="labelled set from another source, scored at each fine-tune's best epoch ('': none)")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning lr (both inits; default: lesion's)")
     parser.add_argument("--label_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="pretraining seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -107,7 +122,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{HERE / 'mlflow.db'}")
     started = time.time()
-    tag = f"{args.size}px-e{args.ssl_epochs}-s{args.seed}" + "".join(f"-{kv}" for kv in args.set + args.ft_set)
+    tag = (f"{args.size}px-e{args.ssl_epochs}-s{args.seed}" + (f"-pool{Path(args.unlabeled).name}" if args.unlabeled else "")
+           + "".join(f"-{kv}" for kv in args.set + args.ft_set))
     labels = f"{args.label_fraction:.0%}"
 
     pre = None
@@ -133,11 +149,12 @@ def main() -> None:
     print(f"SSL encoder: {encoder}")
     table = [[f"{r['init']}, seed {r['seed']}", labels, args.epochs,
               f"{r['best']['val/jaccard']:.4f} ({r['best']['epoch'] + 1})", f"{r['best']['val/dice']:.4f}",
-              f"{r['last']['val/jaccard']:.4f}", f"{r['last5']:.4f}", f"{r['minutes']:.1f}"] for r in rows]
+              f"{r['last']['val/jaccard']:.4f}", f"{r['last5']:.4f}", f"{r['external'].get('jaccard', np.nan):.4f}",
+              f"{r['external'].get('jaccard_below_half', np.nan):.0f}", f"{r['minutes']:.1f}"] for r in rows]
     if len(args.seeds) > 1:
         table += [mean_row(rows, init, labels, args.epochs) for init in ("SSL", "random") if any(r["init"] == init for r in rows)]
     print_table(["init", "labels", "epochs", "best val/jaccard (epoch)", "val/dice at best", "val/jaccard last epoch",
-                 "mean of last 5", "minutes"], table)
+                 "mean of last 5", "ext J at best", "ext masks J < 0.5", "minutes"], table)
     print("\n".join(paired_gains(rows)))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -25,6 +26,12 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def set_tag(overrides: list[str]) -> str:
+    """NAME=VALUE overrides as a run-name suffix, '-lr=1e-3'; a run name is a folder name, so the separators of a
+    URI or path value become dashes (encoder_init=models:/lesion-encoder/3 -> encoder_init=models-lesion-encoder-3)."""
+    return "".join("-" + re.sub(r"[/\\:]+", "-", kv) for kv in overrides)
 
 
 def print_table(header: list[str], rows: list[list[object]]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import EXTERNAL, SAMPLE, machine, print_table
+from benchmarks.common import EXTERNAL, SAMPLE, machine, print_table, set_tag
 from lesion.config import FinetuneConfig, SelftrainConfig, from_flat
 from lesion.runs import default_run_name
 
@@ -57,7 +57,7 @@ def pool_folder(args) -> str:
 def baseline(args, seed: int) -> list[dict]:
     from lesion.finetune import run_finetune
 
-    tag = f"{args.size}px-s{seed}" + "".join(f"-{kv}" for kv in args.set)
+    tag = f"{args.size}px-s{seed}" + set_tag(args.set)
     out = run_finetune(from_flat(FinetuneConfig, {**common(args, seed), "label_fraction": 1.0,
                                                   "epochs": args.epochs_all, "patience": args.patience,
                                                   "run_name": default_run_name(f"baseline-100pct-{tag}")}))
@@ -78,7 +78,7 @@ def selftrain(args, seed: int) -> list[dict]:
 
     unlabeled = pool_folder(args)
     tag = (f"{args.size}px-s{seed}" + (f"-pool{Path(unlabeled).name}" if unlabeled else "")
-           + "".join(f"-{kv}" for kv in args.set))
+           + set_tag(args.set))
     out = run_selftrain(from_flat(SelftrainConfig, {
         **common(args, seed), "label_fraction": args.label_fraction, "epochs": args.epochs_few,
         "student_epochs": args.epochs_student, "unlabeled": unlabeled, "run_name": default_run_name(f"selftrain-{tag}")}))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import EXTERNAL, SAMPLE, machine, print_table
+from benchmarks.common import EXTERNAL, SAMPLE, machine, print_table, set_tag
 
 HERE = Path(__file__).resolve().parent
 
@@ -148,7 +148,7 @@ def run_lesion(args, fraction: float, seed: int) -> dict:
     from lesion.runs import default_run_name
     from lesion.finetune import run_finetune
 
-    tag = f"{args.arch}-{args.size}px-{int(fraction * 100)}pct-s{seed}" + "".join(f"-{kv}" for kv in args.lesion_set)
+    tag = f"{args.arch}-{args.size}px-{int(fraction * 100)}pct-s{seed}" + set_tag(args.lesion_set)
     cfg = from_flat(FinetuneConfig, {
         "data": args.data, "image_size": args.size, "batch_size": args.batch, "epochs": args.epochs,
         "arch": args.arch, "encoder": args.encoder, "label_fraction": fraction, "seed": seed,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import EXTERNAL, SAMPLE, machine, print_table
+from benchmarks.common import EXTERNAL, SAMPLE, machine, print_table, set_tag
 from lesion.config import FinetuneConfig, PretrainConfig, from_flat
 from lesion.runs import default_run_name
 
@@ -123,7 +123,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{HERE / 'mlflow.db'}")
     started = time.time()
     tag = (f"{args.size}px-e{args.ssl_epochs}-s{args.seed}" + (f"-pool{Path(args.unlabeled).name}" if args.unlabeled else "")
-           + "".join(f"-{kv}" for kv in args.set + args.ft_set))
+           + set_tag(args.set + args.ft_set))
     labels = f"{args.label_fraction:.0%}"
 
     pre = None

@@ -15,13 +15,16 @@ run that holds the work and deleted, so no empty run stays behind).
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+import torch
 from mlflow.tracking import MlflowClient
 
 from lesion.config import same_value
@@ -43,6 +46,25 @@ def git_commit() -> str | None:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+# What a CPU run's numbers depend on beyond the code: a rebuilt environment with the same commit gave another
+# validation Jaccard (0.5818 -> 0.5756, benchmarks/README.md), so every run records these versions.
+STACK = ("torch", "torchvision", "timm", "segmentation-models-pytorch", "albumentations", "albucore",
+         "opencv-python-headless", "numpy", "pillow", "scipy", "accelerate", "torchmetrics", "mlflow", "optuna")
+
+
+def environment_tags() -> dict[str, str]:
+    """lesion.env.<package> = its installed version for the stack, plus python, platform and torch threads."""
+    tags = {"lesion.env.python": platform.python_version(), "lesion.env.platform": platform.platform(),
+            "lesion.env.torch_threads": str(torch.get_num_threads()),
+            "lesion.env.cuda": torch.version.cuda or "none"}
+    for package in STACK:
+        try:
+            tags[f"lesion.env.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            tags[f"lesion.env.{package}"] = "not installed"
+    return tags
 
 
 def _get_or_create_experiment(name: str) -> str:
@@ -219,9 +241,10 @@ def _unfinished_run(entry_point: str, run_name: str, stage: str, parent: str | N
 
 
 def _run_tags(entry_point: str, run_name: str, stage: str, tags: dict[str, str] | None) -> dict[str, str]:
-    """What finds the run again (entry point, run_name, stage), the caller's tags, and the git commit."""
+    """What finds the run again (entry point, run_name, stage), the caller's tags, the git commit and the
+    package versions (environment_tags)."""
     all_tags = {TAG_ENTRY: entry_point, TAG_RUN_NAME: run_name, **({TAG_STAGE: stage} if stage else {}),
-                **(tags or {})}
+                **(tags or {}), **environment_tags()}
     commit = git_commit()
     if commit:
         all_tags.setdefault("mlflow.source.git.commit", commit.removesuffix("-dirty"))

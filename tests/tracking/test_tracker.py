@@ -51,6 +51,19 @@ def test_an_apostrophe_in_a_run_name_resumes_its_run(tracking):
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == name
 
 
+def test_every_run_records_the_versions_its_numbers_depend_on(tracking):
+    import torch
+
+    with Tracker().run("finetune", "versions", "env", params={"epochs": 1}) as run:
+        pass
+    tags = MlflowClient().get_run(run.run_id).data.tags
+    assert tags["lesion.env.torch"] == torch.__version__.split("+")[0]
+    assert tags["lesion.env.segmentation-models-pytorch"] == "0.6.0"
+    assert tags["lesion.env.albumentations"] == "2.0.8"
+    assert tags["lesion.env.torch_threads"] == str(torch.get_num_threads())
+    assert all(tags[f"lesion.env.{p}"] != "not installed" for p in ("timm", "numpy", "opencv-python-headless"))
+
+
 def mlflow_run_params(entry: str, given: dict[str, str]) -> dict[str, str]:
     """The parameters `mlflow run -e entry -P k=v ...` logs: its own strings, from -P and the MLproject defaults."""
     from mlflow.projects._project_spec import load_project

@@ -77,7 +77,7 @@ def selftrain(args, seed: int) -> list[dict]:
     from lesion.selftrain.loop import run_selftrain
 
     unlabeled = pool_folder(args)
-    tag = (f"{args.size}px-s{seed}" + (f"-pool{Path(unlabeled).name}" if unlabeled else "")
+    tag = (f"{args.size}px-s{seed}" + (f"-{Path(unlabeled).name}" if unlabeled else "")
            + set_tag(args.set))
     out = run_selftrain(from_flat(SelftrainConfig, {
         **common(args, seed), "label_fraction": args.label_fraction, "epochs": args.epochs_few,

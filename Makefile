@@ -3,6 +3,7 @@
 #   test per entry point (pytest -m "not slow"; no PostgreSQL needed).
 # make test-all: every test, the slow tier too (multi-process launches, mlflow run, kill -9 resumes, PostgreSQL);
 #   what CI runs (.ci/run).
+# make lock: after a dependency change in pyproject.toml, rewrite constraints.txt (the versions make venv installs).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -12,15 +13,16 @@ export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # Tokenizers and OpenMP: one thread pool per process, sized to the machine.
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-all venv mlproject clean postgres
+.PHONY: demo test test-all venv lock mlproject clean postgres
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version.split()[0]}: make PYTHON=/path/to/python3.11"'
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge 8 ] || \
 	  echo "note: only $${free} GiB free here; the install needs about 8 GiB (torch's Linux wheels bring the CUDA libraries)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# --no-cache-dir: a pip cache would hold a second copy of the ~4 GB of torch/CUDA wheels.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -e ".[test]"
+	# -c constraints.txt: the exact versions the benchmarks were measured with (make lock rewrites it).
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -40,6 +42,15 @@ test: $(STAMP)
 
 test-all: $(STAMP) postgres
 	PATH="$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+# After changing a dependency in pyproject.toml: install it into .venv without the old constraints, then record
+# every installed version (keeping the header).
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -e ".[test]"
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check \
+	  | grep -v '^ruff=='; } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	touch $(STAMP)
 
 mlproject: $(STAMP)
 	$(BIN)/python -m lesion.mlproject > MLproject

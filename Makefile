@@ -8,6 +8,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+# --no-cache-dir: a pip cache would hold a second copy of the ~4 GB of torch/CUDA wheels.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir
 
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 # Tokenizers and OpenMP: one thread pool per process, sized to the machine.
@@ -20,9 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge 8 ] || \
 	  echo "note: only $${free} GiB free here; the install needs about 8 GiB (torch's Linux wheels bring the CUDA libraries)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# --no-cache-dir: a pip cache would hold a second copy of the ~4 GB of torch/CUDA wheels.
 	# -c constraints.txt: the exact versions the benchmarks were measured with (make lock rewrites it).
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -c constraints.txt -e ".[test]"
+	$(PIP_INSTALL) -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -47,7 +48,7 @@ test-all: $(STAMP) postgres
 # every installed version (keeping the header).
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -e ".[test]"
+	$(PIP_INSTALL) -e ".[test]"
 	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable --disable-pip-version-check \
 	  | grep -v '^ruff=='; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 	touch $(STAMP)

@@ -218,7 +218,7 @@ def report(history: list[StageRecord], summary: dict[str, dict[str, Any]], ctx: 
         test = "".join(f"{split}/jaccard {s[split + '_jaccard']:.4f}  {split}/dice {s[split + '_dice']:.4f}  "
                        for split in ("test", "external") if s.get(split + "_jaccard") is not None)
         print(f"[lesion] {name:10s} val/jaccard {s['val_jaccard']:.4f}  val/dice {s['val_dice']:.4f}  {test}"
-              f"lesion-segmenter v{s['version']}")
+              + (f"lesion-segmenter v{s['version']}" if s.get("version") is not None else "(not registered)"))
 
 
 def _pseudo_picture(stats: list[PseudoStats], selection, data: PreparedData, count: int = 4) -> np.ndarray | None:

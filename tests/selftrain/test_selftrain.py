@@ -142,8 +142,10 @@ def test_resume_after_kill_skips_finished_stages(tmp_path, tracking):
     assert sorted(v.tags["role"] for v in versions) == ["student", "student", "teacher", "teacher"]
 
 
-def test_a_student_can_start_from_its_teacher(tmp_path, tracking):
+def test_a_student_can_start_from_its_teacher(tmp_path, tracking, capsys):
     out = run_selftrain(tiny(tmp_path, run_name="warm", iterations=1, student_init="teacher", register="false"))
+    summary = [line for line in capsys.readouterr().out.splitlines() if "val/jaccard" in line][-2:]
+    assert all(line.endswith("(not registered)") for line in summary), summary  # not "lesion-segmenter vNone"
     client = MlflowClient()
     stages = children(client, out["run_id"])
     tags = stages["student1"].data.tags

@@ -170,7 +170,7 @@ import json, sys
 plan = json.load(open(sys.argv[1]))
 try:
     result = json.load(open(sys.argv[2]))
-    score = f", best val Jaccard {result['best_val_jaccard']:.3f} (epoch {result['best_epoch'] + 1})"
+    score = f", val Jaccard {result['val_jaccard']:.3f} (kept epoch {result['epoch'] + 1})"
 except (OSError, KeyError, ValueError):
     score = ", no result.json"
 print(f"device {plan['device']}, mixed_precision {plan['mixed_precision']}, {plan['num_workers']} loader workers, "

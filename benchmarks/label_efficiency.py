@@ -7,8 +7,8 @@
 
 Data: --data (default ../shared/data/isic2017-sample: 456 training, 98 validation images); every model is
 also scored on --external (default ../shared/data/ham10000/test: 500 images from other sites and cameras),
-best checkpoint by validation Jaccard, never selected on the external set. The baseline trains up to
---epochs_all epochs with early stopping (--patience): it has converged when patience stopped it or its best
+the weights each run hands on (keep: the final ones by default), never selected on the external set. The
+baseline trains up to --epochs_all epochs with early stopping (--patience, with keep=best): it has converged when patience stopped it or its best
 epoch is not among its last few, and the table says which. Everything goes through the entry points'
 functions with lesion's defaults (plus --set), tracked in benchmarks/mlflow.db (experiment lesion-benchmarks).
 Prints per-seed rows and mean ± sd, ready for benchmarks/README.md.
@@ -58,15 +58,17 @@ def baseline(args, seed: int) -> list[dict]:
     from lesion.finetune import run_finetune
 
     tag = f"{args.size}px-s{seed}" + set_tag(args.set)
-    out = run_finetune(from_flat(FinetuneConfig, {**common(args, seed), "label_fraction": 1.0,
-                                                  "epochs": args.epochs_all, "patience": args.patience,
+    # Early stopping picks the best epoch (keep=best); --set keep=last with --patience 0 runs the full schedule.
+    out = run_finetune(from_flat(FinetuneConfig, {"keep": "best" if args.patience else "last", **common(args, seed),
+                                                  "label_fraction": 1.0, "epochs": args.epochs_all,
+                                                  "patience": args.patience,
                                                   "run_name": default_run_name(f"baseline-100pct-{tag}")}))
-    best = next(h for h in out["history"] if h["epoch"] == out["best_epoch"])
+    kept = out["history"][out["epoch"]]
     trained = len(out["history"])
     converged = ("patience stopped it" if trained < args.epochs_all else
                  "best epoch not among the last 5" if out["best_epoch"] < trained - 5 else "NOT converged")
-    return [{"stage": "supervised, 100%", "seed": seed, "val_jaccard": out["best_val_jaccard"],
-             "val_dice": best["val/dice"], "external_jaccard": (out["external"] or {}).get("jaccard", np.nan),
+    return [{"stage": "supervised, 100%", "seed": seed, "val_jaccard": out["val_jaccard"],
+             "val_dice": kept["val/dice"], "external_jaccard": (out["external"] or {}).get("jaccard", np.nan),
              "external_degenerate": (out["external"] or {}).get("degenerate", np.nan),
              "external_poor": (out["external"] or {}).get("jaccard_below_half", np.nan),
              "external_low_specificity": (out["external"] or {}).get("specificity_below_half", np.nan),

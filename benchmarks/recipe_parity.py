@@ -8,11 +8,11 @@ For every (label fraction, seed):
 2. the reference loop below on exactly the images lesion trained and validated on (read from its manifest):
    smp and torch only, AdamW (wd 1e-4), one-cycle to 3e-3, flips + rot90 + brightness jitter, BCE + smp's
    Dice loss, inputs normalised by the training images' mean and std;
-3. both are scored on the validation split at each mask's original resolution, and their best-validation
-   weights on the external set (--external, default ../shared/data/ham10000/test).
+3. both are scored on the validation split at each mask's original resolution, and on the external set
+   with the weights each hands on (lesion: keep, the final weights by default; the reference: its best epoch) (--external, default ../shared/data/ham10000/test).
 
 The reference scores with its own few lines of numpy (per-image Jaccard at the original size, mean over
-images); lesion's best model is also scored by that code, so a difference in the evaluation path shows up as a
+images); lesion's model is also scored by that code, so a difference in the evaluation path shows up as a
 difference between the columns "lesion" and "lesion, reference scorer".
 """
 
@@ -156,12 +156,13 @@ def run_lesion(args, fraction: float, seed: int) -> dict:
         "register": False, "picture_every": 0, **dict(kv.split("=", 1) for kv in args.lesion_set)})
     out = run_finetune(cfg)
     history = [h["val/jaccard"] for h in out["history"]]
-    return {**out, "best": out["best_val_jaccard"], "best_epoch": out["best_epoch"] + 1,
+    # lesion's side is the model it hands on (keep=last by default: the final weights; keep=best: the best epoch).
+    return {**out, "best": out["val_jaccard"], "best_epoch": out["epoch"] + 1,
             "last5": float(np.mean(history[-5:])), "jaccards": history}
 
 
 def lesion_external(model_dir: str, external_pairs: list[tuple[str, str]]) -> dict[str, float]:
-    """lesion's scores of its best model on the external set (the masks users get: colour constancy and
+    """lesion's scores of the model it hands on, on the external set (the masks users get: colour constancy and
     post-processing as saved with the model), and the reference scorer's Jaccard of the raw 0.5 threshold."""
     from lesion.inference import predict_images, score_prediction
     from lesion.metrics import per_image_scores
@@ -229,7 +230,7 @@ def main() -> None:
             ours = run_lesion(args, fraction, seed)
             minutes_lesion = (time.time() - t0) / 60
             nan = float("nan")
-            ext = (lesion_external(str(Path(ours["workdir"]) / "best"), ext_pairs) if ext_pairs else
+            ext = (lesion_external(ours["model_dir"], ext_pairs) if ext_pairs else
                    {"jaccard": nan, "reference_scorer": nan, "degenerate": nan, "poor": nan})
             result = {"fraction": fraction, "seed": seed, "lesion": ours["best"], "lesion_epoch": ours["best_epoch"],
                       "lesion_last5": ours["last5"], "lesion_ext": ext["jaccard"], "lesion_ext_ref": ext["reference_scorer"],
@@ -246,7 +247,7 @@ def main() -> None:
             print(f"[parity] {result}", flush=True)
     print(f"\nmachine: {machine()}")
     print(f"command: {command}   wall time: {(time.time() - started) / 60:.1f} min\n")
-    header = ["labels", "seed", "lesion val J (best epoch)", "lesion last 5", "reference val J (best epoch)",
+    header = ["labels", "seed", "lesion val J (its epoch)", "lesion last 5", "reference val J (best epoch)",
               "reference last 5", "lesion ext J", "lesion ext J, raw, reference scorer", "reference ext J",
               "lesion ext degenerate", "lesion ext J < 0.5"]
     for r in results:

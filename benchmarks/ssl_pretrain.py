@@ -10,13 +10,13 @@
 2. for every seed of --seeds (each draws its own labelled subset and its own
    decoder init): fine-tune with label_fraction of the training masks from
    models:/lesion-encoder/<that version>, with lesion's fine-tuning defaults
-   (plus --ft_set), and score the best epoch on --external too;
+   (plus --ft_set), and score the weights it hands on (keep) on --external too;
 3. the same fine-tune from random init: same data, epochs, lr and seed.
 
 Everything goes through the entry points' functions and is tracked in
 benchmarks/mlflow.db (experiment lesion-benchmarks). Prints a markdown table
-of validation metrics (official validation split, original resolution) at the
-best and at the last epoch, with wall times.
+of validation metrics (official validation split, original resolution) of the
+kept weights and over the last epochs, with wall times.
 """
 
 from __future__ import annotations
@@ -63,21 +63,21 @@ def finetune(args: argparse.Namespace, name: str, encoder_init: str, seed: int) 
         **common(args), "seed": seed, "label_fraction": args.label_fraction, "epochs": args.epochs,
         "external": args.external, "encoder_init": encoder_init, "run_name": default_run_name(name),
         "register": False, **overrides}))
-    best = next(h for h in out["history"] if h["epoch"] == out["best_epoch"])
+    kept = out["history"][out["epoch"]]  # the weights finetune hands on (keep: last by default, or best)
     last5 = sum(h["val/jaccard"] for h in out["history"][-5:]) / len(out["history"][-5:])
-    return {"name": name, "init": "random" if encoder_init == "random" else "SSL", "seed": seed, "best": best,
+    return {"name": name, "init": "random" if encoder_init == "random" else "SSL", "seed": seed, "kept": kept,
             "last": out["history"][-1], "last5": last5, "external": out["external"] or {},
             "minutes": (time.time() - started) / 60}
 
 
 def mean_row(rows: list[dict], init: str, labels: str, epochs: int) -> list[object]:
-    """The mean over seeds of one init's best and last-5 Jaccard (and its spread)."""
-    best = np.array([r["best"]["val/jaccard"] for r in rows if r["init"] == init])
+    """The mean over seeds of one init's kept-model and last-5 Jaccard (and its spread)."""
+    best = np.array([r["kept"]["val/jaccard"] for r in rows if r["init"] == init])
     last5 = np.array([r["last5"] for r in rows if r["init"] == init])
     ext = np.array([r["external"].get("jaccard", np.nan) for r in rows if r["init"] == init])
     poor = np.array([r["external"].get("jaccard_below_half", np.nan) for r in rows if r["init"] == init])
     return [f"**{init}, mean of {len(best)}**", labels, epochs, f"**{best.mean():.4f}** ± {best.std(ddof=1):.4f}",
-            f"{np.mean([r['best']['val/dice'] for r in rows if r['init'] == init]):.4f}", "",
+            f"{np.mean([r['kept']['val/dice'] for r in rows if r['init'] == init]):.4f}", "",
             f"{last5.mean():.4f}", f"**{ext.mean():.4f}** ± {ext.std(ddof=1):.4f}", f"{poor.mean():.0f}", ""]
 
 
@@ -86,8 +86,8 @@ def paired_gains(rows: list[dict]) -> list[str]:
     by_seed = {(r["init"], r["seed"]): r for r in rows}
     seeds = [s for (init, s) in by_seed if init == "SSL" and ("random", s) in by_seed]
     lines = []
-    for label, value in (("best epoch", lambda r: r["best"]["val/jaccard"]), ("mean of last 5", lambda r: r["last5"]),
-                         ("external set, best epoch", lambda r: r["external"].get("jaccard", np.nan))):
+    for label, value in (("kept model", lambda r: r["kept"]["val/jaccard"]), ("mean of last 5", lambda r: r["last5"]),
+                         ("external set, kept model", lambda r: r["external"].get("jaccard", np.nan))):
         gains = np.array([value(by_seed["SSL", s]) - value(by_seed["random", s]) for s in seeds])
         if len(gains):
             lines.append(f"SSL - random, {label}: mean {gains.mean():+.4f}, ahead on {(gains > 0).sum()} of {len(gains)} "
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--unlabeled", default="",
                         help="extra unlabelled folder to pretrain on, e.g. ../shared/data/ham10000/unlabeled (9,381 images)")
     parser.add_argument("--external", default=str(EXTERNAL),
-                        help="labelled set from another source, scored at each fine-tune's best epoch ('': none)")
+                        help="labelled set from another source, scored with each fine-tune's kept weights ('': none)")
     parser.add_argument("--lr", type=float, default=None, help="fine-tuning lr (both inits; default: lesion's)")
     parser.add_argument("--label_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="pretraining seed")
@@ -148,13 +148,13 @@ def main() -> None:
               f"invariance {first['pretrain/invariance']:.3f} -> {last['pretrain/invariance']:.3f})\n")
     print(f"SSL encoder: {encoder}")
     table = [[f"{r['init']}, seed {r['seed']}", labels, args.epochs,
-              f"{r['best']['val/jaccard']:.4f} ({r['best']['epoch'] + 1})", f"{r['best']['val/dice']:.4f}",
+              f"{r['kept']['val/jaccard']:.4f} ({r['kept']['epoch'] + 1})", f"{r['kept']['val/dice']:.4f}",
               f"{r['last']['val/jaccard']:.4f}", f"{r['last5']:.4f}", f"{r['external'].get('jaccard', np.nan):.4f}",
               f"{r['external'].get('jaccard_below_half', np.nan):.0f}", f"{r['minutes']:.1f}"] for r in rows]
     if len(args.seeds) > 1:
         table += [mean_row(rows, init, labels, args.epochs) for init in ("SSL", "random") if any(r["init"] == init for r in rows)]
-    print_table(["init", "labels", "epochs", "best val/jaccard (epoch)", "val/dice at best", "val/jaccard last epoch",
-                 "mean of last 5", "ext J at best", "ext masks J < 0.5", "minutes"], table)
+    print_table(["init", "labels", "epochs", "val/jaccard of the kept model (epoch)", "its val/dice",
+                 "val/jaccard last epoch", "mean of last 5", "its ext J", "ext masks J < 0.5", "minutes"], table)
     print("\n".join(paired_gains(rows)))
 
 

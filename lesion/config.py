@@ -133,8 +133,8 @@ class DataConfig(SourceConfig):
 
     unlabeled: str = param("", "Extra unlabelled image folders, comma-separated (for SSL and pseudo-labels).")
     external: str = param("", "Labelled data from another source or clinic (same syntax as data; every image with a "
-                          "mask counts): each stage's best checkpoint is scored on it at the end and logged as "
-                          "best/external_*. Reported, never selected on.")
+                          "mask counts): the weights each stage hands on (keep) are scored on it at the end and "
+                          "logged as model/external_*. Reported, never selected on.")
     label_fraction: float = param(1.0, "Fraction of the training split that keeps its masks (seeded).", valid=FRACTION)
     labels: int = param(0, "Keep masks for exactly this many training images (overrides label_fraction when > 0).",
                         valid=NON_NEGATIVE)
@@ -184,12 +184,25 @@ class TrainConfig(Checked):
                       ("bce+dice", "bce+batch_dice", "bce", "dice"))
     ema: float = param(0.99, "Decay of a weight EMA that is validated and saved instead of the raw weights (0: off).",
                        valid=RATE)
-    patience: int = param(0, "Early stopping after this many epochs without a better val/jaccard (0: off).",
-                          valid=NON_NEGATIVE)
+    patience: int = param(0, "Early stopping after this many epochs without a better val/jaccard (0: off; needs "
+                          "keep=best).", valid=NON_NEGATIVE)
+    # last: a small validation split picks early, under-segmenting epochs that other clinics punish
+    # (benchmarks/README.md, "Which weights to hand on").
+    keep: str = param("last", "The weights a run hands on (registered, scored on the test and external sets, "
+                      "pseudo-labelling, the next student's start): last, the final (EMA) weights of the schedule, "
+                      "as nnU-Net keeps its final checkpoint; or best, the epoch with the best val/jaccard (needed "
+                      "with patience).", ("last", "best"))
     picture_every: int = param(2, "Log an overlay grid of fixed validation images every N epochs (0: only at the end).",
                                valid=NON_NEGATIVE)
     max_steps: int = param(0, "Stop after this many optimizer steps (0: no limit; for smoke tests and benchmarks).",
                            valid=NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.patience and self.keep == "last":
+            raise ConfigError(f"patience={self.patience} stops training {self.patience} epochs after the best one, "
+                              "and keep=last (the default) would hand on those worse weights; pass keep=best with "
+                              "patience, or patience=0")
 
 
 @dataclass
@@ -227,7 +240,7 @@ class RunConfig(Checked):
 class TrainingRunConfig(RunConfig):
     """A run that trains, and registers what it trained: finetune, pretrain, selftrain and sweep."""
 
-    register: bool = param(True, "Register the best model in the MLflow model registry.")
+    register: bool = param(True, "Register the trained model (the weights keep names) in the MLflow model registry.")
 
 
 # --------------------------------------------------------------------------- entry points

@@ -28,7 +28,7 @@ from lesion.outputs import write_json
 from lesion.registry import init_encoder, log_segmenter, promote_champion, register, share_logged_copy
 from lesion.stage import stage
 from lesion.tracking import Tracker
-from lesion.train.engine import Callback, FitContext, FitResult, fit, resolve_mixed_precision, resolve_workers
+from lesion.train.engine import Callback, FitContext, FitResult, Kept, fit, resolve_mixed_precision, resolve_workers
 from lesion.train.segmentation import Segmentation, score_rows, segmentation_callbacks, segmentation_loaders
 
 
@@ -44,20 +44,21 @@ def build_initialised_model(cfg: FinetuneConfig, tracker: Tracker) -> torch.nn.M
 @dataclass
 class StageResult:
     fit: FitResult
+    kept: Kept  # the weights handed on (cfg.train.keep): registered, scored, pseudo-labelling, the next student
     model_uri: str | None
     version: str | None
     data: PreparedData
-    test: dict[str, float] | None = None  # the best model's ISIC metrics on the labelled test split, if any
+    test: dict[str, float] | None = None  # the kept weights' ISIC metrics on the labelled test split, if any
     external: dict[str, float] | None = None  # ... and on the external set (DataConfig.external), if any
 
 
-def score_test_split(best_dir: Path, data: PreparedData, batch_size: int,
+def score_test_split(model_dir: Path, data: PreparedData, batch_size: int,
                      device: torch.device | str) -> dict[str, float] | None:
-    """The best checkpoint on the held-out test split (official where the source has one): reported, never selected on."""
+    """The kept weights on the held-out test split (official where the source has one): reported, never selected on."""
     test_rows = select(data.rows, "test", labelled=True)
     if not test_rows:
         return None
-    model, _ = load_model(str(best_dir))
+    model, _ = load_model(str(model_dir))
     return score_rows(model.to(device), test_rows, data.cache, batch_size, device)
 
 
@@ -77,13 +78,13 @@ def external_rows(cfg: DataConfig, image_size: int) -> tuple[list[Row], Preproce
     return [rows[i] for i in usable], cache
 
 
-def score_external(best_dir: Path, cfg: DataConfig, image_size: int, batch_size: int,
+def score_external(model_dir: Path, cfg: DataConfig, image_size: int, batch_size: int,
                    device: torch.device | str) -> dict[str, float] | None:
-    """The best checkpoint on the external set: how it generalises to another source; reported, never selected on."""
+    """The kept weights on the external set: how they generalise to another source; reported, never selected on."""
     if not cfg.external:
         return None
     rows, cache = external_rows(cfg, image_size)
-    model, _ = load_model(str(best_dir))
+    model, _ = load_model(str(model_dir))
     return score_rows(model.to(device), rows, cache, batch_size, device)
 
 
@@ -120,39 +121,41 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
     result = fit(model, Segmentation(cfg.train, val_ds, accelerator), loaders, cfg.train,
                  FitContext(accelerator, workdir, cfg.run.seed, role),
                  segmentation_callbacks(cfg.train, data.image_size, val_ds, tracker, role, callbacks))
+    kept = result.kept(cfg.train.keep)
     model_uri = version = test = external = None
     if accelerator.is_main_process and tracker.active and result.history:
-        test = score_test_split(result.best_dir, data, cfg.train.batch_size, accelerator.device)
+        test = score_test_split(kept.dir, data, cfg.train.batch_size, accelerator.device)
         done = tracker.tags()
         if "lesion.model_uri" in done:  # logged before a crash: never twice
             model_uri, version = done["lesion.model_uri"], done.get("lesion.model_version")
         else:
             example = val_ds.cache.load(val_rows[0].image, None).image
-            model_uri = log_segmenter(result.best_dir, image_png(example), tracker)
+            model_uri = log_segmenter(kept.dir, image_png(example), tracker)
             tracker.set_tags({"lesion.model_uri": model_uri})
-            share_logged_copy(result.best_dir, model_uri)  # a local store holds the weights once, not twice
+            share_logged_copy(kept.dir, model_uri)  # a local store holds the weights once, not twice
             if cfg.run.register:
                 tags = {"role": role, "label_fraction": cfg.data.label_fraction, "data": cfg.data.data,
                         "parent_run": done.get("mlflow.parentRunId", tracker.run_id),  # selftrain: its parent
-                        "val_jaccard": f"{result.best_score:.6f}",
+                        "val_jaccard": f"{kept.record['val/jaccard']:.6f}", "epoch": kept.epoch + 1,
                         "arch": cfg.model.arch, "encoder": cfg.model.encoder, **(extra_tags or {})}
                 if test:
                     tags["test_jaccard"] = f"{test['jaccard']:.6f}"
                 version = register(model_uri, SEGMENTER, tags)
                 tracker.set_tags({"lesion.model_version": version})
-        external = score_external(result.best_dir, cfg.data, data.image_size, cfg.train.batch_size,
-                                  accelerator.device)
-        best = next((h for h in result.history if h["epoch"] == result.best_epoch), result.history[-1])
-        tracker.log_metrics({"best/val_jaccard": result.best_score, "best/val_dice": best["val/dice"],
-                             **{f"best/test_{k}": v for k, v in (test or {}).items()},
-                             **{f"best/external_{k}": v for k, v in (external or {}).items()}},
-                            step=max(0, result.best_epoch))
+        external = score_external(kept.dir, cfg.data, data.image_size, cfg.train.batch_size, accelerator.device)
+        # model/*: the weights this run hands on (keep=best: its best epoch; keep=last: its final one).
+        tracker.log_metrics({"model/val_jaccard": kept.record["val/jaccard"], "model/val_dice": kept.record["val/dice"],
+                             "model/epoch": kept.epoch + 1,
+                             **{f"model/test_{k}": v for k, v in (test or {}).items()},
+                             **{f"model/external_{k}": v for k, v in (external or {}).items()}},
+                            step=max(0, kept.epoch))
         for name, scores in (("test", test), ("external", external)):
             if scores:
-                print(f"[lesion] {role} best checkpoint on the {scores['images']} {name} images: "
+                print(f"[lesion] {role}, {cfg.train.keep} weights (epoch {kept.epoch + 1}), on the {scores['images']} "
+                      f"{name} images: "
                       f"{name}/jaccard {scores['jaccard']:.4f} {name}/dice {scores['dice']:.4f} "
                       f"{name}/degenerate {scores['degenerate']:.1%}")
-    return StageResult(result, model_uri, version, data, test, external)
+    return StageResult(result, kept, model_uri, version, data, test, external)
 
 
 def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -162,12 +165,15 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         cfg = replace(cfg, data=replace(cfg.data, unlabeled=""))
     with stage("finetune", cfg) as ctx:
         result = train_segmenter(cfg, ctx.accelerator, ctx.tracker, ctx.workdir, "supervised", ctx.data)
-        out = {"run_id": ctx.tracker.run_id, "run_name": ctx.run_name, "best_val_jaccard": result.fit.best_score,
-               "best_epoch": result.fit.best_epoch, "test": result.test, "external": result.external,
+        out = {"run_id": ctx.tracker.run_id, "run_name": ctx.run_name,
+               "val_jaccard": result.kept.record.get("val/jaccard"), "epoch": result.kept.epoch,
+               "model_dir": str(result.kept.dir),
+               "best_val_jaccard": result.fit.best_score, "best_epoch": result.fit.best_epoch,
+               "test": result.test, "external": result.external,
                "model_uri": result.model_uri, "version": result.version, "history": result.fit.history,
                "num_processes": ctx.accelerator.num_processes, "workdir": str(ctx.workdir)}
         if ctx.main and result.version:
-            out["champion"] = promote_champion(result.version, result.fit.best_score, ctx.tracker, ctx.data,
+            out["champion"] = promote_champion(result.version, out["val_jaccard"], ctx.tracker, ctx.data,
                                                ctx.accelerator.device)
         if ctx.main:
             write_json(ctx.workdir / "result.json", out)

@@ -1,7 +1,7 @@
 """The label-efficiency report, built from the tracking store (lesion/sweep.py runs what feeds it).
 
 For every finetune run and every self-training stage it reads the label
-fraction, the best checkpoint's validation Jaccard/Dice and, where the data
+fraction, the validation Jaccard/Dice of the weights it handed on (keep) and, where the data
 has a labelled test split, the same checkpoint's test Jaccard/Dice, and where runs were given an
 `external` set (another source or clinic) its Jaccard and share of degenerate masks, then draws what users of
 label-efficient methods compare: metric against label fraction, one line per
@@ -63,8 +63,10 @@ def collect(client, runs: list) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         method = _method(run)
-        metrics = run.data.metrics
-        if method is None or "best/val_jaccard" not in metrics:
+        # model/*: the weights the run handed on; best/* in runs from before keep=best|last.
+        prefix = "model" if "model/val_jaccard" in run.data.metrics else "best"
+        metrics = {k.removeprefix(f"{prefix}/"): v for k, v in run.data.metrics.items() if k.startswith(f"{prefix}/")}
+        if method is None or "val_jaccard" not in metrics:
             continue
         params = run.data.params
         fraction = params.get("label_fraction")
@@ -72,12 +74,8 @@ def collect(client, runs: list) -> list[dict[str, Any]]:
         if fraction is None and parent:
             fraction = client.get_run(parent).data.params.get("label_fraction")
         rows.append({"method": method, "label_fraction": float(fraction or 1.0), "run_id": run.info.run_id,
-                     "parent": parent or "", "val_jaccard": metrics["best/val_jaccard"],
-                     "val_dice": metrics.get("best/val_dice", float("nan")),
-                     "test_jaccard": metrics.get("best/test_jaccard", float("nan")),
-                     "test_dice": metrics.get("best/test_dice", float("nan")),
-                     "external_jaccard": metrics.get("best/external_jaccard", float("nan")),
-                     "external_degenerate": metrics.get("best/external_degenerate", float("nan")),
+                     "parent": parent or "", "val_jaccard": metrics["val_jaccard"],
+                     **{k: metrics.get(k, float("nan")) for k in SCORES if k != "val_jaccard"},
                      "data": params.get("data", "")})
     return rows
 
@@ -255,7 +253,8 @@ def run_report(cfg: ReportConfig) -> dict[str, Any]:
             "<body style='font-family:sans-serif;max-width:1100px;margin:auto'>",
             "<h1>Label-efficiency report</h1>",
             f"<h2>{scores_heading(table)} scores by method and label fraction</h2>",
-            "<p>Each run's best checkpoint (by validation Jaccard); ISIC metrics at the masks' original resolution, "
+            "<p>Each run's kept weights (keep: the final epoch's, or the best by validation Jaccard); ISIC metrics "
+            "at the masks' original resolution, "
             "macro-averaged over images; the mean over runs with the same method and label fraction.</p>",
             _html_table(_visible(table)), _img_tag(out / "label_efficiency.png"),
             "<h2>Gain of each student over its teacher</h2>", _html_table(_visible(stage_gains))]

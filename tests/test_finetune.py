@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -43,11 +45,11 @@ def test_finetune_learns_logs_and_registers(tmp_path, tracking):
     version = client.get_model_version("lesion-segmenter", out["version"])
     assert version.tags["role"] == "supervised" and version.tags["parent_run"] == run.info.run_id
     assert str(client.get_model_version_by_alias("lesion-segmenter", "champion").version) == out["version"]
-    assert out["test"] is None and "best/test_jaccard" not in run.data.metrics, "no test split, no test score"
+    assert out["test"] is None and "model/test_jaccard" not in run.data.metrics, "no test split, no test score"
 
 
 @pytest.mark.slow
-def test_the_best_checkpoint_is_scored_on_the_test_split_as_evaluate_scores_it(tmp_path, tracking):
+def test_the_kept_weights_are_scored_on_the_test_split_as_evaluate_scores_them(tmp_path, tracking):
     from lesion.config import EvaluateConfig
     from lesion.evaluate import run_evaluate
 
@@ -59,9 +61,39 @@ def test_the_best_checkpoint_is_scored_on_the_test_split_as_evaluate_scores_it(t
         "test_fraction": 0.25, "output_dir": str(tmp_path / "outputs")}))
     assert evaluated["images"] == 10
     for name in ("jaccard", "dice", "threshold_jaccard", "sensitivity", "specificity", "accuracy", "miou2"):
-        assert metrics[f"best/test_{name}"] == pytest.approx(evaluated["metrics"][f"test/{name}"], abs=1e-6), name
-        assert out["test"][name] == metrics[f"best/test_{name}"]
-    assert float(version.tags["test_jaccard"]) == pytest.approx(metrics["best/test_jaccard"], abs=1e-6)
+        assert metrics[f"model/test_{name}"] == pytest.approx(evaluated["metrics"][f"test/{name}"], abs=1e-6), name
+        assert out["test"][name] == metrics[f"model/test_{name}"]
+    assert float(version.tags["test_jaccard"]) == pytest.approx(metrics["model/test_jaccard"], abs=1e-6)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_decides_which_weights_are_registered_scored_and_reported(tmp_path, tracking, monkeypatch, keep):
+    import hashlib
+
+    import mlflow
+
+    import lesion.train.segmentation as segmentation
+
+    # The first epoch scores best on validation, as a 10%-label run whose validation peaks early.
+    real_validate = segmentation.Segmentation.validate
+    monkeypatch.setattr(segmentation.Segmentation, "validate", lambda self, model, epoch: {
+        **real_validate(self, model, epoch), "val/jaccard": 0.9 - 0.1 * epoch})
+    out = run_finetune(tiny_config(tmp_path, run_name=f"keep-{keep}", epochs=3, keep=keep))
+    history = out["history"]
+    assert out["best_epoch"] == 0
+    epoch = 0 if keep == "best" else 2
+    assert out["epoch"] == epoch and out["val_jaccard"] == pytest.approx(history[epoch]["val/jaccard"])
+    metrics = MlflowClient().get_run(out["run_id"]).data.metrics
+    assert metrics["model/epoch"] == epoch + 1
+    assert metrics["model/val_jaccard"] == pytest.approx(history[epoch]["val/jaccard"])
+    version = MlflowClient().get_model_version("lesion-segmenter", out["version"])
+    assert version.tags["epoch"] == str(epoch + 1)
+    workdir = tmp_path / "outputs" / "finetune" / f"keep-{keep}"
+    folder = workdir / keep
+    registered = mlflow.artifacts.download_artifacts(f"models:/lesion-segmenter/{out['version']}", dst_path=str(tmp_path / "dl"))
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (folder / "model.safetensors",
+                                                                   next(Path(registered).rglob("model.safetensors")))]
+    assert digest[0] == digest[1], f"the registered weights are the {keep} epoch's"
 
 
 def test_a_run_that_ends_early_still_logs_its_final_picture(tmp_path, tracking):
@@ -146,10 +178,11 @@ def test_resume_after_a_crash_continues_the_same_run_with_the_same_result(tmp_pa
     steps = [m.step for m in MlflowClient().get_metric_history(resumed["run_id"], "val/jaccard")]
     assert steps == [0, 1, 2], "nothing lost, nothing logged twice"
 
-    # What a finished stage keeps: best (hard-linked to the logged model's copy), and last only if it differs.
+    # What a finished stage keeps: best, and last only if it differs; the kept one hard-linked to the logged copy.
     assert sorted(p.name for p in workdir.iterdir() if p.is_dir()) == (
         ["best"] if resumed["best_epoch"] == 2 else ["best", "last"])
-    assert (workdir / "best" / "model.safetensors").stat().st_nlink == 2, "one copy of the weights on this disk"
+    kept = Path(resumed["model_dir"]) / "model.safetensors"
+    assert kept.stat().st_nlink == 2, "one copy of the handed-on weights on this disk"
 
 
 @pytest.mark.slow

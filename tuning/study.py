@@ -105,10 +105,10 @@ class Study:
             with self.tracker.run("tune", self.cfg.tune.study, params=to_flat(teacher_cfg), nested=True,
                                   stage="teacher", strict_params=False):
                 result = train_teacher(self.base, self.accelerator, self.tracker, folder, data)
-                pseudo_round(self.base, str(result.fit.best_dir), unlabelled_pool(data.rows), data, self.accelerator,
+                pseudo_round(self.base, str(result.kept.dir), unlabelled_pool(data.rows), data, self.accelerator,
                              folder / "pseudo")
-                info = {"best_dir": str(result.fit.best_dir), "pseudo_folder": str(folder / "pseudo"),
-                        "val_jaccard": result.fit.best_score, "run_id": self.tracker.run_id}
+                info = {"model_dir": str(result.kept.dir), "pseudo_folder": str(folder / "pseudo"),
+                        "val_jaccard": result.kept.record["val/jaccard"], "run_id": self.tracker.run_id}
             self.study.set_user_attr(TEACHER_ATTR, info)
             return info
 
@@ -117,7 +117,8 @@ class Study:
         params = self.space.suggest(trial)
         cfg = replace_flat(self.base, **params)
         _, student_cfg = stage_configs(cfg)
-        student_cfg = student_for(student_cfg, cfg.pseudo, self.teacher_info.get("best_dir", ""))
+        teacher_dir = self.teacher_info.get("model_dir") or self.teacher_info.get("best_dir", "")  # best_dir: old studies
+        student_cfg = student_for(student_cfg, cfg.pseudo, teacher_dir)
         student_cfg = replace(student_cfg, train=replace(student_cfg.train, epochs=self.cfg.tune.trial_epochs))
         selection = select_pseudo_labels(stats, cfg.pseudo.min_confidence, cfg.pseudo.min_area)
         if not selection.kept:
@@ -135,12 +136,12 @@ class Study:
                 self.tracker.set_tags({"lesion.trial_state": "PRUNED", "lesion.trial_note": str(err)})
             else:
                 self.tracker.set_tags({"lesion.trial_state": "COMPLETE"})
-                self.tracker.log_metrics({"trial/value": result.fit.best_score}, step=trial.number)
+                self.tracker.log_metrics({"trial/value": result.kept.record["val/jaccard"]}, step=trial.number)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)  # trials keep their numbers in MLflow, not weights
         if pruned is not None:
             raise pruned
-        return result.fit.best_score
+        return result.kept.record["val/jaccard"]
 
     # ------------------------------------------------------------------ the worker
     def run(self) -> dict[str, Any]:

@@ -103,18 +103,22 @@ class Stages:
 
 
 def stage_outputs(result: StageResult, train_images: int) -> dict[str, Any]:
-    """What a training stage leaves for the stages after it and for the summary (stage.json)."""
-    history = result.fit.history
-    best = next((h for h in history if h["epoch"] == result.fit.best_epoch), history[-1] if history else {})
+    """What a training stage leaves for the stages after it and for the summary (stage.json): its kept weights."""
+    kept = result.kept.record
     test, external = result.test or {}, result.external or {}
-    return {"best_dir": str(result.fit.best_dir), "version": result.version, "model_uri": result.model_uri,
-            "val_jaccard": result.fit.best_score, "val_dice": best.get("val/dice", float("nan")),
-            "val_miou2": best.get("val/miou2", float("nan")),
-            "val_threshold_jaccard": best.get("val/threshold_jaccard", float("nan")),
+    return {"model_dir": str(result.kept.dir), "epoch": result.kept.epoch + 1, "version": result.version,
+            "model_uri": result.model_uri, "val_jaccard": kept.get("val/jaccard", float("nan")),
+            "val_dice": kept.get("val/dice", float("nan")), "val_miou2": kept.get("val/miou2", float("nan")),
+            "val_threshold_jaccard": kept.get("val/threshold_jaccard", float("nan")),
             "test_jaccard": test.get("jaccard"), "test_dice": test.get("dice"),
             "external_jaccard": external.get("jaccard"), "external_dice": external.get("dice"),
             "external_degenerate": external.get("degenerate"), "external_poor": external.get("jaccard_below_half"),
             "external_low_specificity": external.get("specificity_below_half"), "train_images": train_images}
+
+
+def model_dir(outputs: dict[str, Any]) -> str:
+    """A finished stage's kept weights (stage.json of a run started before `keep` said best_dir)."""
+    return outputs.get("model_dir") or outputs["best_dir"]
 
 
 def student_name(round_: int) -> str:
@@ -133,7 +137,7 @@ def promote(ctx: StageContext, outputs: dict[str, Any], alias: str, name: str) -
 def label_pool(cfg: SelftrainConfig, ctx: StageContext, teacher: dict[str, Any], pool: list[Row], round_: int,
                folder: Path) -> dict[str, Any]:
     """The pseudo stage: the teacher labels the pool; the main process logs what the filters keep."""
-    pseudo_round(cfg, teacher["best_dir"], pool, ctx.data, ctx.accelerator, folder)
+    pseudo_round(cfg, model_dir(teacher), pool, ctx.data, ctx.accelerator, folder)
     out: dict[str, Any] = {"folder": str(folder)}
     if ctx.main:
         stats = read_stats(folder)
@@ -185,7 +189,7 @@ def run_selftrain(cfg: SelftrainConfig) -> dict[str, Any]:
             pseudo = stages.run(f"pseudo{round_}", {"teacher_version": previous.get("version"), **to_flat(cfg.pseudo)},
                                 lambda folder: label_pool(cfg, ctx, previous, pool, round_, folder))
             selection = kept_selection(cfg, pseudo["folder"], round_)
-            round_cfg = student_for(student_cfg, cfg.pseudo, previous["best_dir"])
+            round_cfg = student_for(student_cfg, cfg.pseudo, model_dir(previous))
             tags = {"round": round_, "teacher_version": previous.get("version"), "pseudo_labels": pseudo.get("artifact"),
                     "stage_name": name}
 
@@ -249,7 +253,7 @@ def _log_comparison(history: list[StageRecord], data: PreparedData, tracker: Tra
     truths = [data.cache.load(r.image, r.mask).mask.astype(bool) for r in val]
     columns = [[overlay(im, truth=t) for im, t in zip(images, truths)]]
     for r in history:
-        model, _ = load_model(r.outputs["best_dir"])
+        model, _ = load_model(model_dir(r.outputs))
         probs = predict_images(model, images, data.image_size, color_constancy=model.config.color_constancy)
         columns.append([overlay(im, pred=p >= 0.5, truth=t) for im, p, t in zip(images, probs, truths)])
     grid = titled_grid(columns, ["truth", *names], [r.id for r in val])

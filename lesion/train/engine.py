@@ -78,6 +78,15 @@ class FitState:
 
 
 @dataclass
+class Kept:
+    """The weights a fit hands on, the epoch they are from (-1: none trained) and that epoch's record."""
+
+    dir: Path
+    epoch: int
+    record: dict[str, float]
+
+
+@dataclass
 class FitResult:
     best_score: float
     best_epoch: int
@@ -85,6 +94,14 @@ class FitResult:
     best_dir: Path
     last_dir: Path
     stopped_early: bool = False
+
+    def kept(self, keep: str) -> Kept:
+        """keep=best: the best epoch's weights (by the task's monitor); keep=last: the final ones."""
+        if keep == "best" and self.best_epoch >= 0:
+            return Kept(self.best_dir, self.best_epoch, next(h for h in self.history if h["epoch"] == self.best_epoch))
+        if not self.history:
+            return Kept(self.best_dir, -1, {})
+        return Kept(self.last_dir, int(self.history[-1]["epoch"]), self.history[-1])
 
 
 def finished_result(workdir: Path, state: FitState) -> FitResult:

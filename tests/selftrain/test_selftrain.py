@@ -225,7 +225,7 @@ def test_the_stage_comparison_names_its_columns(tmp_path, cache_dir, monkeypatch
     monkeypatch.setattr(loop, "load_model", lambda source: (fake, {}))
     monkeypatch.setattr(loop, "predict_images",
                         lambda model, images, size, **_: [np.full(im.shape[:2], 0.9, np.float32) for im in images])
-    history = [loop.StageRecord(name, {"best_dir": name, "val_jaccard": 0.5, "val_dice": 0.6})
+    history = [loop.StageRecord(name, {"model_dir": name, "val_jaccard": 0.5, "val_dice": 0.6})
                for name in ("teacher", "student", "student*")]
     tracker = PictureTracker()
     loop._log_comparison(history, data, tracker)

@@ -51,3 +51,22 @@ def test_the_schedule_ends_with_the_training_on_any_number_of_processes(monkeypa
     assert steps == 4 * 16 // processes, "each process takes its share of the optimizer steps"
     assert lrs[steps // 2 - 1] == pytest.approx(0.5, abs=0.1), "half-way through the training, half-way down"
     assert lrs[-2] > 0 and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_keep_hands_on_the_best_or_the_final_epochs_weights(tmp_path):
+    from lesion.train.engine import FitResult
+
+    history = [{"epoch": e, "val/jaccard": j} for e, j in enumerate([0.5, 0.7, 0.6])]
+    result = FitResult(0.7, 1, history, tmp_path / "best", tmp_path / "last")
+    best, last = result.kept("best"), result.kept("last")
+    assert (best.dir, best.epoch, best.record["val/jaccard"]) == (tmp_path / "best", 1, 0.7)
+    assert (last.dir, last.epoch, last.record["val/jaccard"]) == (tmp_path / "last", 2, 0.6)
+
+
+def test_patience_with_keep_last_is_a_one_line_error():
+    from lesion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pass keep=best with patience") as err:
+        TrainConfig(patience=5, keep="last")
+    assert "\n" not in str(err.value)
+    assert TrainConfig(patience=5, keep="best").patience == 5

@@ -200,9 +200,9 @@ class TrainConfig(Checked):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.patience and self.keep == "last":
-            raise ConfigError(f"patience={self.patience} stops training {self.patience} epochs after the best one, "
-                              "and keep=last (the default) would hand on those worse weights; pass keep=best with "
-                              "patience, or patience=0")
+            raise ConfigError(f"patience={self.patience} needs keep=best (--keep best; -P keep=best under mlflow "
+                              f"run): early stopping ends {self.patience} epochs after the best one, and keep=last "
+                              "would hand on those worse weights; or set patience=0")
 
 
 @dataclass
@@ -240,7 +240,7 @@ class RunConfig(Checked):
 class TrainingRunConfig(RunConfig):
     """A run that trains, and registers what it trained: finetune, pretrain, selftrain and sweep."""
 
-    register: bool = param(True, "Register the trained model (the weights keep names) in the MLflow model registry.")
+    register: bool = param(True, "Register the trained model (the weights `keep` selects) in the MLflow model registry.")
 
 
 # --------------------------------------------------------------------------- entry points

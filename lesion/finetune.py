@@ -122,6 +122,12 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
                  FitContext(accelerator, workdir, cfg.run.seed, role),
                  segmentation_callbacks(cfg.train, data.image_size, val_ds, tracker, role, callbacks))
     kept = result.kept(cfg.train.keep)
+    if accelerator.is_main_process and result.history:
+        # Always say which weights go on: with keep=last they may score below the best epoch on validation.
+        best = (f"; its best epoch {result.best_epoch + 1}: {result.best_score:.4f}"
+                if result.best_epoch != kept.epoch and result.best_epoch >= 0 else "")
+        print(f"[lesion] {role} hands on its {cfg.train.keep} weights: epoch {kept.epoch + 1}/{len(result.history)}, "
+              f"val/jaccard {kept.record.get('val/jaccard', float('nan')):.4f}{best}")
     model_uri = version = test = external = None
     if accelerator.is_main_process and tracker.active and result.history:
         test = score_test_split(kept.dir, data, cfg.train.batch_size, accelerator.device)

@@ -73,7 +73,10 @@ def collect(client, runs: list) -> list[dict[str, Any]]:
         parent = run.data.tags.get("mlflow.parentRunId")
         if fraction is None and parent:
             fraction = client.get_run(parent).data.params.get("label_fraction")
-        rows.append({"method": method, "label_fraction": float(fraction or 1.0), "run_id": run.info.run_id,
+        # Which weights were scored: runs of before `keep` existed, and keep=best runs, scored their best epoch.
+        weights = "best epoch" if prefix == "best" or params.get("keep") == "best" else "last"
+        rows.append({"method": method, "label_fraction": float(fraction or 1.0), "weights": weights,
+                     "run_id": run.info.run_id,
                      "parent": parent or "", "val_jaccard": metrics["val_jaccard"],
                      **{k: metrics.get(k, float("nan")) for k in SCORES if k != "val_jaccard"},
                      "data": params.get("data", "")})
@@ -106,14 +109,15 @@ def _visible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean over repeated runs of the same (method, label fraction)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    """Mean over repeated runs of the same (method, label fraction, weights scored: last or best epoch)."""
+    groups: dict[tuple[str, float, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[(r["method"], r["label_fraction"])].append(r)
+        groups[(r["method"], r["label_fraction"], r.get("weights", "last"))].append(r)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    table = [{"method": m, "label_fraction": f, "runs": len(g), **{k: _mean([r.get(k, float("nan")) for r in g]) for k in SCORES}}
-             for (m, f), g in groups.items()]
-    return sorted(table, key=lambda t: (order.get(t["method"], 99), t["label_fraction"]))
+    table = [{"method": m, "label_fraction": f, "weights": w, "runs": len(g),
+              **{k: _mean([r.get(k, float("nan")) for r in g]) for k in SCORES}}
+             for (m, f, w), g in groups.items()]
+    return sorted(table, key=lambda t: (order.get(t["method"], 99), t["label_fraction"], t["weights"]))
 
 
 def gains(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -202,9 +206,9 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
 
 def format_table(table: list[dict[str, Any]]) -> str:
     keys = [k for k in SCORES if not any(split in k and not has_split(table, split) for split in HELD_OUT)]
-    lines = ["| method | label fraction | runs | " + " | ".join(k.replace("_", "/") for k in keys) + " |",
-             "|---|---|---|" + "---|" * len(keys)]
-    lines += [f"| {t['method']} | {t['label_fraction']:g} | {t['runs']} | "
+    lines = ["| method | label fraction | weights | runs | " + " | ".join(k.replace("_", "/") for k in keys) + " |",
+             "|---|---|---|---|" + "---|" * len(keys)]
+    lines += [f"| {t['method']} | {t['label_fraction']:g} | {t.get('weights', 'last')} | {t['runs']} | "
               + " | ".join(f"{t[k]:.4f}" for k in keys) + " |" for t in table]
     return "\n".join(lines)
 

@@ -48,7 +48,7 @@ def test_test_columns_appear_only_where_a_test_split_was_scored():
     scored = rows + [{**rows[0], "run_id": "b", "val_jaccard": 0.7, "test_jaccard": 0.4, "test_dice": 0.5}]
     table = summarize(scored)
     assert table[0]["val_jaccard"] == pytest.approx(0.6) and table[0]["test_jaccard"] == 0.4, "mean of scored runs"
-    assert format_table(table).splitlines()[2] == "| student | 0.1 | 2 | 0.6000 | 0.6000 | 0.4000 | 0.5000 |"
+    assert format_table(table).splitlines()[2] == "| student | 0.1 | last | 2 | 0.6000 | 0.6000 | 0.4000 | 0.5000 |"
 
 
 def test_bad_sweep_and_report_arguments_are_clear_errors(tmp_path, tracking):

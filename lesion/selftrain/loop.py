@@ -44,7 +44,7 @@ from lesion.tracking import Tracker, finished_stage
 
 ENTRY = "selftrain"
 STAGE_FILE = "stage.json"
-SUMMARY_KEYS = ("val_jaccard", "val_dice", "val_threshold_jaccard", "val_miou2", "test_jaccard", "test_dice",
+SUMMARY_KEYS = ("epoch", "val_jaccard", "val_dice", "val_threshold_jaccard", "val_miou2", "test_jaccard", "test_dice",
                 "external_jaccard", "external_dice", "external_degenerate", "external_poor", "external_low_specificity",
                 "version")
 
@@ -221,7 +221,8 @@ def report(history: list[StageRecord], summary: dict[str, dict[str, Any]], ctx: 
     for name, s in summary.items():
         test = "".join(f"{split}/jaccard {s[split + '_jaccard']:.4f}  {split}/dice {s[split + '_dice']:.4f}  "
                        for split in ("test", "external") if s.get(split + "_jaccard") is not None)
-        print(f"[lesion] {name:10s} val/jaccard {s['val_jaccard']:.4f}  val/dice {s['val_dice']:.4f}  {test}"
+        print(f"[lesion] {name:10s} epoch {s.get('epoch', '?')}  val/jaccard {s['val_jaccard']:.4f}  "
+              f"val/dice {s['val_dice']:.4f}  {test}"
               + (f"lesion-segmenter v{s['version']}" if s.get("version") is not None else "(not registered)"))
 
 

@@ -50,7 +50,10 @@ class KeepBest(Callback):
             workdir, epoch = fit.ctx.workdir, fit.state.epoch
             if fit.improved:
                 save_model(fit.kept, workdir / "best", self.image_size, epoch=epoch, val_jaccard=fit.state.best_score)
-            save_model(fit.kept, workdir / "last", self.image_size, epoch=epoch)
+            monitor = fit.task.monitor
+            score = fit.state.history[-1].get(monitor) if monitor and fit.state.history else None
+            save_model(fit.kept, workdir / "last", self.image_size, epoch=epoch,
+                       **({"val_jaccard": score} if score is not None else {}))
 
     def on_fit_end(self, fit: Fit) -> None:
         if fit.ctx.main and fit.state.history and fit.state.history[-1]["epoch"] == fit.state.best_epoch:

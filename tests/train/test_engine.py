@@ -66,7 +66,7 @@ def test_keep_hands_on_the_best_or_the_final_epochs_weights(tmp_path):
 def test_patience_with_keep_last_is_a_one_line_error():
     from lesion.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="pass keep=best with patience") as err:
+    with pytest.raises(ConfigError, match="patience=5 needs keep=best") as err:
         TrainConfig(patience=5, keep="last")
     assert "\n" not in str(err.value)
     assert TrainConfig(patience=5, keep="best").patience == 5

@@ -8,9 +8,9 @@
 Data: --data (default ../shared/data/isic2017-sample: 456 training, 98 validation images); every model is
 also scored on --external (default ../shared/data/ham10000/test: 500 images from other sites and cameras),
 the weights each run hands on (keep: the final ones by default), never selected on the external set. The
-baseline trains up to --epochs_all epochs with early stopping (--patience, with keep=best): it has converged when patience stopped it or its best
-epoch is not among its last few, and the table says which. Everything goes through the entry points'
-functions with lesion's defaults (plus --set), tracked in benchmarks/mlflow.db (experiment lesion-benchmarks).
+baseline trains up to --epochs_all epochs with early stopping (--patience, with keep=best): it has converged
+when patience stopped it or its best epoch is not among its last few, and the table says which. Everything goes
+through the entry points' functions with lesion's defaults (plus --set), tracked in benchmarks/mlflow.db (experiment lesion-benchmarks).
 Prints per-seed rows and mean ± sd, ready for benchmarks/README.md.
 """
 

@@ -9,7 +9,8 @@ For every (label fraction, seed):
    smp and torch only, AdamW (wd 1e-4), one-cycle to 3e-3, flips + rot90 + brightness jitter, BCE + smp's
    Dice loss, inputs normalised by the training images' mean and std;
 3. both are scored on the validation split at each mask's original resolution, and on the external set
-   with the weights each hands on (lesion: keep, the final weights by default; the reference: its best epoch) (--external, default ../shared/data/ham10000/test).
+   (--external, default ../shared/data/ham10000/test) with the weights each hands on (lesion: keep, the final
+   weights by default; the reference: its best epoch).
 
 The reference scores with its own few lines of numpy (per-image Jaccard at the original size, mean over
 images); lesion's model is also scored by that code, so a difference in the evaluation path shows up as a

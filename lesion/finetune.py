@@ -157,8 +157,8 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
                             step=max(0, kept.epoch))
         for name, scores in (("test", test), ("external", external)):
             if scores:
-                print(f"[lesion] {role}, {cfg.train.keep} weights (epoch {kept.epoch + 1}), on the {scores['images']} "
-                      f"{name} images: "
+                # Which weights these are, the "hands on" line above says.
+                print(f"[lesion] {role} on the {scores['images']} {name} images: "
                       f"{name}/jaccard {scores['jaccard']:.4f} {name}/dice {scores['dice']:.4f} "
                       f"{name}/degenerate {scores['degenerate']:.1%}")
     return StageResult(result, kept, model_uri, version, data, test, external)

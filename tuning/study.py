@@ -136,12 +136,13 @@ class Study:
                 self.tracker.set_tags({"lesion.trial_state": "PRUNED", "lesion.trial_note": str(err)})
             else:
                 self.tracker.set_tags({"lesion.trial_state": "COMPLETE"})
-                self.tracker.log_metrics({"trial/value": result.kept.record["val/jaccard"]}, step=trial.number)
+                value = result.kept.record["val/jaccard"]  # the weights the trial's student hands on
+                self.tracker.log_metrics({"trial/value": value}, step=trial.number)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)  # trials keep their numbers in MLflow, not weights
         if pruned is not None:
             raise pruned
-        return result.kept.record["val/jaccard"]
+        return value
 
     # ------------------------------------------------------------------ the worker
     def run(self) -> dict[str, Any]:

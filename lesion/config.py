@@ -223,8 +223,17 @@ class NoiseConfig(Checked):
                                "(the teacher's too): robustness to other cameras.", valid=UNIT)
     zoom_out: float = param(0.5, "Probability of shrinking the image (lesions to 50 to 90 percent of their size), in every "
                             "policy: small lesions, as other clinics frame them.", valid=UNIT)
+    zoom_in: float = param(0.0, "Probability of enlarging the image (lesions to 110 to 150 percent of their size, the "
+                           "edges cropped), in every policy: lesions that fill the frame, as other clinics frame "
+                           "them. zoom_out + zoom_in <= 1 (at most one zoom per image).", valid=UNIT)
     artifacts: float = param(0.3, "Dermoscopy artefacts (a dark vignette circle, hair-like lines, blur), in every "
                              "policy: robustness to other clinics.", valid=UNIT)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.zoom_out + self.zoom_in > 1:
+            raise ConfigError(f"zoom_out={self.zoom_out} + zoom_in={self.zoom_in} is over 1: an image gets at most one "
+                              "zoom, so their probabilities must sum to 1 or less; lower one of them")
 
 
 @dataclass

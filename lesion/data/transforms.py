@@ -88,12 +88,19 @@ def photometric(probability: float, m: float = 1.0) -> list[A.BasicTransform]:
     ]
 
 
-def zoom_out(probability: float) -> list[A.BasicTransform]:
-    """Shrink the whole image (lesions to 50-90% of their size), the border replicated: training sets of large
-    lesions meet small ones in other clinics' framing (the ISIC 2017 validation lesions are 4x smaller)."""
-    if probability <= 0:
-        return []
-    return [A.Affine(scale=(0.5, 0.9), border_mode=cv2.BORDER_REPLICATE, p=probability)]
+def zoom(out_probability: float, in_probability: float) -> list[A.BasicTransform]:
+    """Lesion size as other clinics frame it, at most one of the two per image:
+    - zoom-out shrinks the whole image (lesions to 50-90% of their size, the border replicated): training sets of
+      large lesions meet small ones (the ISIC 2017 validation lesions are 4x smaller than its training lesions);
+    - zoom-in enlarges it (lesions to 110-150%, the edges cropped): lesions that fill the frame and run off it, as
+      in HAM10000 and PH2, where a model that never saw one draws too small a mask."""
+    choices = [A.Affine(scale=(0.5, 0.9), border_mode=cv2.BORDER_REPLICATE, p=out_probability),
+               A.Affine(scale=(1.1, 1.5), border_mode=cv2.BORDER_REFLECT_101, p=in_probability)]
+    chosen = [t for t in choices if t.p > 0]
+    if len(chosen) <= 1:
+        return chosen
+    # OneOf draws a member in proportion to its p, so each zoom keeps its own probability (their sum is <= 1).
+    return [A.OneOf(chosen, p=min(1.0, out_probability + in_probability))]
 
 
 def artifacts(probability: float) -> list[A.BasicTransform]:
@@ -115,7 +122,7 @@ def plain_transform(seed: int | None = None, cfg: NoiseConfig | None = None) -> 
             A.SquareSymmetry(p=1.0),
             A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
                      border_mode=cv2.BORDER_REFLECT_101, p=0.5),
-            *zoom_out(cfg.zoom_out),
+            *zoom(cfg.zoom_out, cfg.zoom_in),
             *photometric(cfg.photometric),
             *artifacts(cfg.artifacts),
         ],
@@ -139,7 +146,7 @@ def noise_transform(cfg: NoiseConfig, seed: int | None = None) -> A.Compose:
             A.Affine(scale=(1 - 0.25 * m, 1 + 0.25 * m), translate_percent=(-0.1 * m, 0.1 * m),
                      rotate=(-45 * m, 45 * m), shear=(-8 * m, 8 * m),
                      border_mode=cv2.BORDER_REFLECT_101, p=p(cfg.shift_scale_rotate)),
-            *zoom_out(cfg.zoom_out),
+            *zoom(cfg.zoom_out, cfg.zoom_in),
             A.OneOf(
                 [
                     A.ElasticTransform(alpha=30 * m, sigma=6, border_mode=cv2.BORDER_REFLECT_101),

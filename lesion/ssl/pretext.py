@@ -38,7 +38,7 @@ MIN_TILE = 8  # pixels: smaller tiles hold too little to place
 
 
 # Flips, rot90 and a mild affine only: the puzzle brings its own per-tile colour jitter.
-PRETRAIN_AUGMENTATION = NoiseConfig(photometric=0.0, artifacts=0.0, zoom_out=0.0)
+PRETRAIN_AUGMENTATION = NoiseConfig(photometric=0.0, artifacts=0.0, zoom_out=0.0, zoom_in=0.0)
 
 
 def puzzle_side(size: int, grid: int) -> int:

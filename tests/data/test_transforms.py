@@ -44,3 +44,30 @@ def test_eval_has_no_transform_and_normalize_round_trips():
     assert build_transform(NoiseConfig(noise=1.0), train=False) is None
     image, _ = _sample()
     assert np.abs(denormalize(normalize(image)).astype(int) - image).max() <= 1
+
+
+def _lesion_areas(zoom_out: float, zoom_in: float) -> np.ndarray:
+    """The augmented mask's share of the frame, over 200 draws of the plain policy, for a lesion covering 25%."""
+    image, _ = _sample(64)
+    mask = np.zeros((64, 64), np.float32)
+    mask[16:48, 16:48] = 1
+    cfg = NoiseConfig(zoom_out=zoom_out, zoom_in=zoom_in, photometric=0.0, artifacts=0.0)
+    t = build_transform(cfg, train=True, seed=0)
+    return np.array([t(image=image, masks=[mask])["masks"][0].mean() for _ in range(200)])
+
+
+def test_zoom_in_shows_larger_lesions_and_zoom_out_smaller():
+    neither, shrunk, enlarged = _lesion_areas(0.0, 0.0), _lesion_areas(1.0, 0.0), _lesion_areas(0.0, 1.0)
+    # The mild affine alone keeps a 25% lesion within about 20-31% of the frame.
+    assert 0.18 < np.median(neither) < 0.32
+    assert shrunk.max() < 0.25 * 1.1 ** 2 and np.median(shrunk) < 0.16      # 50-90% of the size: 6-20% of the frame
+    assert enlarged.min() > 0.25 * 0.9 ** 2 and np.median(enlarged) > 0.38  # 110-150%: 30-56% of the frame
+    both = _lesion_areas(0.5, 0.5)
+    assert (both < 0.2).mean() > 0.3 and (both > 0.34).mean() > 0.3        # half of the images each way
+
+
+def test_zoom_probabilities_over_one_are_refused():
+    from lesion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="zoom_out=0.6 \\+ zoom_in=0.5 is over 1"):
+        NoiseConfig(zoom_out=0.6, zoom_in=0.5)

@@ -197,12 +197,13 @@ class TrainConfig(Checked):
     max_steps: int = param(0, "Stop after this many optimizer steps (0: no limit; for smoke tests and benchmarks).",
                            valid=NON_NEGATIVE)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.patience and self.keep == "last":
-            raise ConfigError(f"patience={self.patience} needs keep=best (--keep best; -P keep=best under mlflow "
-                              f"run): early stopping ends {self.patience} epochs after the best one, and keep=last "
-                              "would hand on those worse weights; or set patience=0")
+
+def check_early_stopping(train: TrainConfig) -> None:
+    """Where a stage trains a segmenter (finetune, selftrain, tune, sweep): patience needs keep=best."""
+    if train.patience and train.keep == "last":
+        raise ConfigError(f"patience={train.patience} needs keep=best (--keep best; -P keep=best under mlflow "
+                          f"run): early stopping ends {train.patience} epochs after the best one, and keep=last "
+                          "would hand on those worse weights; or set patience=0")
 
 
 @dataclass
@@ -274,6 +275,10 @@ class FinetuneConfig(Checked):
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_early_stopping(self.train)
+
 
 @dataclass
 class EvaluateConfig(Checked):
@@ -336,6 +341,16 @@ class PretrainConfig(Checked):
     train: TrainConfig = field(default_factory=_pretrain_train)
     run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # The pretext task has no validation Jaccard to pick an epoch or stop on.
+        chosen = [f"patience={self.train.patience}"] * bool(self.train.patience) + ["keep=best"] * (
+            self.train.keep == "best")
+        if chosen:
+            raise ConfigError(f"pretrain runs its whole schedule and hands on its final encoder: {' and '.join(chosen)} "
+                              "(early stopping, the best epoch by val/jaccard) apply to finetune and selftrain only; "
+                              "leave them out of pretrain")
+
 
 @dataclass
 class PseudoConfig(Checked):
@@ -384,6 +399,10 @@ class NoisyStudentConfig(Checked):
     train: TrainConfig = field(default_factory=TrainConfig)
     noise: NoiseConfig = field(default_factory=_student_noise)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_early_stopping(self.train)
 
 
 @dataclass
@@ -442,6 +461,10 @@ class SweepConfig(Checked):
     ssl_epochs: int = param(5, "Pretraining epochs for the ssl method (one encoder for every fraction).",
                             valid=AT_LEAST_ONE)
     run: TrainingRunConfig = field(default_factory=lambda: TrainingRunConfig(experiment="lesion-sweep"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_early_stopping(self.train)
 
 
 # --------------------------------------------------------------------------- flat view

@@ -47,10 +47,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
     encoder = ""
     if "ssl" in methods:
+        # Pretraining runs its whole schedule: the fine-tunes' early stopping is not its own.
+        ssl_train = replace(cfg.train, epochs=cfg.ssl_epochs, patience=0, keep="last")
         pre = once(run_pretrain, PretrainConfig(data=cfg.data, ssl=SSLConfig(encoder=cfg.model.encoder,
                                                                              color_constancy=cfg.model.color_constancy),
-                                                train=replace(cfg.train, epochs=cfg.ssl_epochs),
-                                                run=replace(cfg.run, run_name=f"{prefix}-ssl")))
+                                                train=ssl_train, run=replace(cfg.run, run_name=f"{prefix}-ssl")))
         encoder = pre.get("encoder_dir", "")
     for fraction in fractions:
         data = replace(cfg.data, label_fraction=fraction)

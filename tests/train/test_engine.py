@@ -63,10 +63,25 @@ def test_keep_hands_on_the_best_or_the_final_epochs_weights(tmp_path):
     assert (last.dir, last.epoch, last.record["val/jaccard"]) == (tmp_path / "last", 2, 0.6)
 
 
-def test_patience_with_keep_last_is_a_one_line_error():
+@pytest.mark.parametrize("entry", ["FinetuneConfig", "SelftrainConfig", "TuneConfig", "SweepConfig"])
+def test_patience_with_keep_last_is_a_one_line_error(entry):
+    import lesion.config as C
     from lesion.errors import ConfigError
 
+    make = getattr(C, entry)
     with pytest.raises(ConfigError, match="patience=5 needs keep=best") as err:
-        TrainConfig(patience=5, keep="last")
+        make(train=TrainConfig(patience=5, keep="last"))
     assert "\n" not in str(err.value)
-    assert TrainConfig(patience=5, keep="best").patience == 5
+    assert make(train=TrainConfig(patience=5, keep="best")).train.patience == 5
+
+
+@pytest.mark.parametrize("train", [TrainConfig(patience=5, keep="best"), TrainConfig(patience=5, keep="last"),
+                                   TrainConfig(keep="best")])
+def test_pretrain_refuses_early_stopping_and_best_epoch_choice(train):
+    from lesion.config import PretrainConfig
+    from lesion.errors import ConfigError
+
+    # It has no validation Jaccard: the patience error of the segmenting stages would send the user astray.
+    with pytest.raises(ConfigError, match="pretrain runs its whole schedule and hands on its final encoder") as err:
+        PretrainConfig(train=train)
+    assert "\n" not in str(err.value) and "needs keep=best" not in str(err.value)

@@ -91,9 +91,14 @@ class Checked:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            valid, value = f.metadata.get("valid"), getattr(self, f.name)
-            if valid and value is not None and not valid[0](value):
-                raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
+            check_range(f, getattr(self, f.name))
+
+
+def check_range(f: dataclasses.Field, value: Any) -> None:
+    """That value is in the range of field f (its metadata's valid), with a one-line error naming it."""
+    valid = f.metadata.get("valid")
+    if valid and value is not None and not valid[0](value):
+        raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
 
 
 def color_constancy_param() -> Any:
@@ -167,7 +172,10 @@ class ModelConfig(Checked):
 
 
 @dataclass
-class TrainConfig(Checked):
+class ScheduleConfig(Checked):
+    """How a network is trained: epochs, optimiser and schedule, loss, EMA. Pretraining takes only this; the stages
+    that train a segmenter take TrainConfig, which adds the choice of the weights to hand on."""
+
     epochs: int = param(8, "Training epochs.", valid=AT_LEAST_ONE)
     batch_size: int = param(8, "Batch size per process.", valid=AT_LEAST_ONE)
     lr: float = param(3e-3, "Peak learning rate (3e-3: benchmarks/README.md, recipe parity).", valid=POSITIVE)
@@ -184,6 +192,14 @@ class TrainConfig(Checked):
                       ("bce+dice", "bce+batch_dice", "bce", "dice"))
     ema: float = param(0.99, "Decay of a weight EMA that is validated and saved instead of the raw weights (0: off).",
                        valid=RATE)
+    picture_every: int = param(2, "Log an overlay grid of fixed validation images every N epochs (0: only at the end).",
+                               valid=NON_NEGATIVE)
+    max_steps: int = param(0, "Stop after this many optimizer steps (0: no limit; for smoke tests and benchmarks).",
+                           valid=NON_NEGATIVE)
+
+
+@dataclass
+class TrainConfig(ScheduleConfig):
     patience: int = param(0, "Early stopping after this many epochs without a better val/jaccard (0: off; needs "
                           "keep=best).", valid=NON_NEGATIVE)
     # last: a small validation split picks early, under-segmenting epochs that other clinics punish
@@ -192,10 +208,6 @@ class TrainConfig(Checked):
                       "pseudo-labelling, the next student's start): last, the final (EMA) weights of the schedule, "
                       "as nnU-Net keeps its final checkpoint; or best, the epoch with the best val/jaccard (needed "
                       "with patience).", ("last", "best"))
-    picture_every: int = param(2, "Log an overlay grid of fixed validation images every N epochs (0: only at the end).",
-                               valid=NON_NEGATIVE)
-    max_steps: int = param(0, "Stop after this many optimizer steps (0: no limit; for smoke tests and benchmarks).",
-                           valid=NON_NEGATIVE)
 
 
 def check_early_stopping(train: TrainConfig) -> None:
@@ -330,26 +342,18 @@ class SSLConfig(Checked):
     projection_dim: int = param(128, "Embedding size of the projection head.", valid=AT_LEAST_ONE)
 
 
-def _pretrain_train() -> TrainConfig:
-    return TrainConfig(epochs=10, lr=1e-3, warmup_fraction=0.1, ema=0.0, picture_every=2)
+def _pretrain_train() -> ScheduleConfig:
+    return ScheduleConfig(epochs=10, lr=1e-3, warmup_fraction=0.1, ema=0.0, picture_every=2)
 
 
 @dataclass
 class PretrainConfig(Checked):
     data: DataConfig = field(default_factory=DataConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
-    train: TrainConfig = field(default_factory=_pretrain_train)
+    # No patience or keep: the pretext task has no val/jaccard to stop on or pick an epoch by, so pretraining runs
+    # its whole schedule and hands on its final encoder (a preset's patience and keep are other entry points').
+    train: ScheduleConfig = field(default_factory=_pretrain_train)
     run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # The pretext task has no validation Jaccard to pick an epoch or stop on.
-        chosen = [f"patience={self.train.patience}"] * bool(self.train.patience) + ["keep=best"] * (
-            self.train.keep == "best")
-        if chosen:
-            raise ConfigError(f"pretrain runs its whole schedule and hands on its final encoder: {' and '.join(chosen)} "
-                              "(early stopping, the best epoch by val/jaccard) apply to finetune and selftrain only; "
-                              "leave them out of pretrain")
 
 
 @dataclass
@@ -600,6 +604,14 @@ def same_value(logged: str, value: Any, typ: Any = None) -> bool:
     return False
 
 
+def leaf_value(name: str, typ: Any, choices: tuple[str, ...] | None, raw: Any) -> Any:
+    """raw parsed as the field's type and checked against its choices."""
+    value = parse_value(name, typ, raw)
+    if choices and value not in choices:
+        raise ConfigError(f"parameter {name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
 def from_flat(cls: type, values: dict[str, Any], strict: bool = True) -> Any:
     """Build a nested config from flat values (strings are parsed); unknown names are errors."""
     known = {n: (t, c) for n, t, _, _, c in flat_fields(cls)}
@@ -616,11 +628,7 @@ def from_flat(cls: type, values: dict[str, Any], strict: bool = True) -> Any:
             if group is not None:
                 changes[f.name] = build(group, getattr(base, f.name))
             elif f.name in values:
-                typ, choices = known[f.name]
-                value = parse_value(f.name, typ, values[f.name])
-                if choices and value not in choices:
-                    raise ConfigError(f"parameter {f.name}={value!r} must be one of {', '.join(choices)}")
-                changes[f.name] = value
+                changes[f.name] = leaf_value(f.name, *known[f.name], values[f.name])
         return dataclasses.replace(base, **changes)
 
     return build(cls, cls())
@@ -693,10 +701,14 @@ def load_preset(path: str, cls: type, elsewhere: Collection[str] = ()) -> dict[s
             raise ConfigError(f"config={path}: {name}={json.dumps(value)} must be a number, a string, true/false "
                               "or null")
     values = {n: v for n, v in data.items() if n in known}
-    try:
-        from_flat(cls, values)
-    except ConfigError as err:
-        raise ConfigError(f"config={path}: {err}") from None
+    # Each value on its own here; the rules between two (patience with keep, zoom_out + zoom_in) wait for the
+    # options given on the command line, which may settle them.
+    for name, value in values.items():
+        typ, f = known[name]
+        try:
+            check_range(f, leaf_value(name, typ, f.metadata.get("choices"), value))
+        except ConfigError as err:
+            raise ConfigError(f"config={path}: {err}") from None
     return values
 
 

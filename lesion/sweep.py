@@ -8,11 +8,11 @@ finished before.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
-from lesion.config import (FinetuneConfig, NoiseConfig, PretrainConfig, ReportConfig, SelftrainConfig, SSLConfig,
-                           SweepConfig)
+from lesion.config import (FinetuneConfig, NoiseConfig, PretrainConfig, ReportConfig, ScheduleConfig, SelftrainConfig,
+                           SSLConfig, SweepConfig)
 from lesion.errors import ConfigError
 from lesion.finetune import run_finetune
 from lesion.pretrain import run_pretrain
@@ -47,8 +47,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
     encoder = ""
     if "ssl" in methods:
-        # Pretraining runs its whole schedule: the fine-tunes' early stopping is not its own.
-        ssl_train = replace(cfg.train, epochs=cfg.ssl_epochs, patience=0, keep="last")
+        # The fine-tunes' schedule for ssl_epochs; their patience and keep are not pretraining's (it has no val/jaccard).
+        schedule = {f.name: getattr(cfg.train, f.name) for f in fields(ScheduleConfig)}
+        ssl_train = ScheduleConfig(**{**schedule, "epochs": cfg.ssl_epochs})
         pre = once(run_pretrain, PretrainConfig(data=cfg.data, ssl=SSLConfig(encoder=cfg.model.encoder,
                                                                              color_constancy=cfg.model.color_constancy),
                                                 train=ssl_train, run=replace(cfg.run, run_name=f"{prefix}-ssl")))

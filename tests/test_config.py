@@ -271,6 +271,28 @@ def test_a_bad_preset_is_one_line_that_names_the_file(text, fragment, tmp_path):
     assert message.startswith(f"config={preset}") and fragment in message and "\n" not in message, message
 
 
+def test_pretrain_takes_no_patience_or_keep_and_a_shared_preset_still_serves_it(tmp_path):
+    # The pretext task has no val/jaccard to stop early on or pick an epoch by: the options are not pretrain's.
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['keep', 'patience'\] for PretrainConfig"):
+        C.from_flat(C.PretrainConfig, {"patience": 3, "keep": "best"})
+    preset = tmp_path / "shared.json"
+    preset.write_text('{"epochs": 4, "patience": 5, "keep": "best"}')
+    assert preset_config("pretrain", ["--config", str(preset)]).train.epochs == 4
+    assert preset_config("finetune", ["--config", str(preset)]).train.patience == 5
+
+
+def test_a_rule_between_two_parameters_waits_for_the_options_given(tmp_path):
+    # The preset alone breaks it; the command line settles it, or the error names both values.
+    preset = tmp_path / "p.json"
+    preset.write_text('{"zoom_in": 0.6, "patience": 5}')
+    cfg = preset_config("finetune", ["--config", str(preset), "--zoom_out", "0.2", "--keep", "best"])
+    assert (cfg.noise.zoom_out, cfg.noise.zoom_in, cfg.train.patience, cfg.train.keep) == (0.2, 0.6, 5, "best")
+    with pytest.raises(ConfigError, match=r"zoom_out=0.5 \+ zoom_in=0.6 is over 1"):
+        preset_config("finetune", ["--config", str(preset), "--keep", "best"])
+    with pytest.raises(ConfigError, match="patience=5 needs keep=best"):
+        preset_config("finetune", ["--config", str(preset), "--zoom_out", "0.2"])
+
+
 def test_a_missing_preset_is_one_line():
     with pytest.raises(ConfigError, match=r"config=nowhere.json: cannot read the preset \(.*No such file"):
         preset_config("finetune", ["--config", "nowhere.json"])

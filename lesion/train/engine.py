@@ -34,7 +34,7 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 
-from lesion.config import TrainConfig
+from lesion.config import ScheduleConfig
 from lesion.data.datasets import epoch_seed
 from lesion.errors import TrainingError
 from lesion.progress import EPOCH_HEARTBEAT_S, bar, say
@@ -48,7 +48,7 @@ def resolve_mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: ScheduleConfig) -> Accelerator:
     # cpu=True without CUDA makes `accelerate launch --multi_gpu` on a CPU machine form one gloo group.
     return Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -168,7 +168,7 @@ class Fit:
     """One fit in progress, as its callbacks see it."""
 
     ctx: FitContext
-    cfg: TrainConfig
+    cfg: ScheduleConfig
     task: Task
     model: nn.Module  # as prepared by Accelerate
     state: FitState
@@ -212,7 +212,7 @@ class Callback:
         """The epochs are over; the resume state is dropped next."""
 
 
-def fit(model: nn.Module, task: Task, loaders: dict[str, DataLoader], cfg: TrainConfig, ctx: FitContext,
+def fit(model: nn.Module, task: Task, loaders: dict[str, DataLoader], cfg: ScheduleConfig, ctx: FitContext,
         callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train on loaders["train"] (the others are prepared for the task) for cfg.epochs, resuming in ctx.workdir."""
     accelerator, workdir, deterministic = ctx.accelerator, ctx.workdir, not torch.cuda.is_available()
@@ -296,7 +296,7 @@ def notify(callbacks: Sequence[Callback], hook: str, run: Fit) -> None:
         getattr(callback, hook)(run)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, cfg: ScheduleConfig) -> torch.optim.Optimizer:
     """AdamW or SGD; no weight decay on norms and biases; the encoder at lr * encoder_lr_scale."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -311,7 +311,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+def lr_lambda(cfg: ScheduleConfig, total_steps: int) -> Callable[[int], float]:
     warmup = int(round(cfg.warmup_fraction * total_steps))
 
     def factor(step: int) -> float:
@@ -327,7 +327,7 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, batches_per_epoch: int,
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, batches_per_epoch: int,
                     num_processes: int) -> tuple[torch.optim.lr_scheduler.LambdaLR, int]:
     """Warm-up then the schedule, and the optimizer steps each process takes in all (max_steps included).
 

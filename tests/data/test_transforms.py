@@ -46,12 +46,13 @@ def test_eval_has_no_transform_and_normalize_round_trips():
     assert np.abs(denormalize(normalize(image)).astype(int) - image).max() <= 1
 
 
-def _lesion_areas(zoom_out: float, zoom_in: float) -> np.ndarray:
-    """The augmented mask's share of the frame, over 200 draws of the plain policy, for a lesion covering 25%."""
+def _lesion_areas(zoom_out: float, zoom_in: float, **knobs: float) -> np.ndarray:
+    """The augmented mask's share of the frame, over 200 draws (the plain policy unless knobs say), for a lesion
+    covering 25%."""
     image, _ = _sample(64)
     mask = np.zeros((64, 64), np.float32)
     mask[16:48, 16:48] = 1
-    cfg = NoiseConfig(zoom_out=zoom_out, zoom_in=zoom_in, photometric=0.0, artifacts=0.0)
+    cfg = NoiseConfig(zoom_out=zoom_out, zoom_in=zoom_in, photometric=0.0, artifacts=0.0, **knobs)
     t = build_transform(cfg, train=True, seed=0)
     return np.array([t(image=image, masks=[mask])["masks"][0].mean() for _ in range(200)])
 
@@ -64,6 +65,27 @@ def test_zoom_in_shows_larger_lesions_and_zoom_out_smaller():
     assert enlarged.min() > 0.25 * 0.9 ** 2 and np.median(enlarged) > 0.38  # 110-150%: 30-56% of the frame
     both = _lesion_areas(0.5, 0.5)
     assert (both < 0.2).mean() > 0.3 and (both > 0.34).mean() > 0.3        # half of the images each way
+    # Each zoom keeps its own probability: at 0.3 + 0.3, about 40% of the images are not zoomed.
+    some = _lesion_areas(0.3, 0.3)
+    assert 0.28 < ((some > 0.2) & (some < 0.31)).mean() < 0.52
+
+
+def test_zoom_in_keeps_the_aspect_and_reaches_the_student_policy():
+    import albumentations as A
+
+    from lesion.data.transforms import zoom
+
+    image, _ = _sample(64)
+    mask = np.zeros((64, 64), np.float32)
+    mask[22:42, 22:42] = 1  # a 20 px square lesion in the middle: enlarged, it stays a square
+    t = A.Compose(zoom(0.0, 1.0), seed=0)
+    for _ in range(20):
+        rows, cols = np.nonzero(t(image=image, masks=[mask])["masks"][0])
+        h, w = np.ptp(rows) + 1, np.ptp(cols) + 1
+        assert 21 <= min(h, w) and max(h, w) <= 31 and abs(h - w) <= 1, (h, w)
+    # noise=1 (the students' policy) has its own wider affine, so compare its area with and without zoom-in
+    student = dict(noise=1.0, shift_scale_rotate=0.0, distortion=0.0, coarse_dropout=0.0)
+    assert np.median(_lesion_areas(0.0, 1.0, **student)) > 1.4 * np.median(_lesion_areas(0.0, 0.0, **student))
 
 
 def test_zoom_probabilities_over_one_are_refused():

@@ -73,15 +73,3 @@ def test_patience_with_keep_last_is_a_one_line_error(entry):
         make(train=TrainConfig(patience=5, keep="last"))
     assert "\n" not in str(err.value)
     assert make(train=TrainConfig(patience=5, keep="best")).train.patience == 5
-
-
-@pytest.mark.parametrize("train", [TrainConfig(patience=5, keep="best"), TrainConfig(patience=5, keep="last"),
-                                   TrainConfig(keep="best")])
-def test_pretrain_refuses_early_stopping_and_best_epoch_choice(train):
-    from lesion.config import PretrainConfig
-    from lesion.errors import ConfigError
-
-    # It has no validation Jaccard: the patience error of the segmenting stages would send the user astray.
-    with pytest.raises(ConfigError, match="pretrain runs its whole schedule and hands on its final encoder") as err:
-        PretrainConfig(train=train)
-    assert "\n" not in str(err.value) and "needs keep=best" not in str(err.value)

@@ -51,8 +51,9 @@ def student_for(student: FinetuneConfig, pseudo: PseudoConfig, teacher_dir: str)
 def check_student(cfg: SelftrainConfig) -> None:
     if cfg.pseudo.student_init == "teacher" and cfg.pseudo.student_encoder not in (None, cfg.model.encoder):
         raise ConfigError(f"student_init=teacher needs the teacher's encoder ({cfg.model.encoder}) in the student, not "
-                          f"student_encoder={cfg.pseudo.student_encoder}; drop student_encoder or use "
-                          "student_init=encoder_init")
+                          f"student_encoder={cfg.pseudo.student_encoder}: a student starts from its teacher by "
+                          "default; for a larger student, start it afresh (--student_init encoder_init; "
+                          "-P student_init=encoder_init under mlflow run)")
 
 
 def sampler_weights(n_labelled: int, n_pseudo: int, pseudo_ratio: float) -> torch.Tensor:

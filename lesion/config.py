@@ -209,13 +209,12 @@ class TrainConfig(ScheduleConfig):
                       "as nnU-Net keeps its final checkpoint; or best, the epoch with the best val/jaccard (needed "
                       "with patience).", ("last", "best"))
 
-
-def check_early_stopping(train: TrainConfig) -> None:
-    """Where a stage trains a segmenter (finetune, selftrain, tune, sweep): patience needs keep=best."""
-    if train.patience and train.keep == "last":
-        raise ConfigError(f"patience={train.patience} needs keep=best (--keep best; -P keep=best under mlflow "
-                          f"run): early stopping ends {train.patience} epochs after the best one, and keep=last "
-                          "would hand on those worse weights; or set patience=0")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.patience and self.keep == "last":
+            raise ConfigError(f"patience={self.patience} needs keep=best (--keep best; -P keep=best under mlflow "
+                              f"run): early stopping ends {self.patience} epochs after the best one, and keep=last "
+                              "would hand on those worse weights; or set patience=0")
 
 
 @dataclass
@@ -286,10 +285,6 @@ class FinetuneConfig(Checked):
     train: TrainConfig = field(default_factory=TrainConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     run: TrainingRunConfig = field(default_factory=TrainingRunConfig)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_early_stopping(self.train)
 
 
 @dataclass
@@ -405,10 +400,6 @@ class NoisyStudentConfig(Checked):
     noise: NoiseConfig = field(default_factory=_student_noise)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_early_stopping(self.train)
-
 
 @dataclass
 class SelftrainConfig(NoisyStudentConfig):
@@ -466,10 +457,6 @@ class SweepConfig(Checked):
     ssl_epochs: int = param(5, "Pretraining epochs for the ssl method (one encoder for every fraction).",
                             valid=AT_LEAST_ONE)
     run: TrainingRunConfig = field(default_factory=lambda: TrainingRunConfig(experiment="lesion-sweep"))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_early_stopping(self.train)
 
 
 # --------------------------------------------------------------------------- flat view

@@ -166,9 +166,10 @@ class ModelConfig(Checked):
     dropout: float = param(0.0, "Channel dropout before the segmentation head (student noise).", valid=RATE)
     drop_path: float = param(0.0, "Stochastic depth rate in the encoder (student noise).", valid=RATE)
     color_constancy: str = color_constancy_param()
-    postprocess: str = param("largest_fill", "Mask post-processing after the threshold, at the original size: largest_fill "
-                             "keeps the largest connected component and fills its holes; saved with the model and "
-                             "used by validation, evaluate, predict and serving.", POSTPROCESS)
+    postprocess: str = param("central_fill", "Mask post-processing after the threshold, at the original size: "
+                             "central_fill keeps one connected component, the largest once weighted by closeness to "
+                             "the image centre, and fills its holes (largest_fill: the plain largest component); saved "
+                             "with the model and used by validation, evaluate, predict and serving.", POSTPROCESS)
 
 
 @dataclass

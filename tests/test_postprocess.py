@@ -1,10 +1,10 @@
-"""Mask post-processing (largest component, holes) and the degenerate-mask flag."""
+"""Mask post-processing (central or largest component, holes) and the degenerate-mask flag."""
 
 import numpy as np
 import pytest
 
 from lesion.metrics import score_image
-from lesion.postprocess import fill_holes, is_degenerate, largest_component, postprocess_mask
+from lesion.postprocess import central_component, fill_holes, is_degenerate, largest_component, postprocess_mask
 
 
 def lesion_with_speckles_and_a_hole() -> np.ndarray:
@@ -20,6 +20,40 @@ def test_largest_component_drops_speckles_and_keeps_the_hole():
     out = largest_component(lesion_with_speckles_and_a_hole())
     assert out[2:4, 40:43].sum() == 0 and not out[35, 5]
     assert out[10:30, 10:30].sum() == 20 * 20 - 16
+
+
+def faint_lesion_and_a_dark_corner() -> np.ndarray:
+    mask = np.zeros((60, 80), bool)
+    mask[24:36, 34:46] = True  # the lesion in the middle: 144 pixels
+    mask[:20, :20] = True  # a vignette corner, larger: 400 pixels
+    return mask
+
+
+def test_central_component_prefers_the_lesion_near_the_centre_to_a_larger_corner():
+    mask = faint_lesion_and_a_dark_corner()
+    central = central_component(mask)
+    assert central[24:36, 34:46].all() and central.sum() == 144
+    assert largest_component(mask)[:20, :20].all() and largest_component(mask).sum() == 400
+
+
+def test_central_component_still_takes_size_into_account():
+    mask = np.zeros((60, 80), bool)
+    mask[29:31, 39:41] = True  # a 4-pixel speck at the very centre...
+    mask[10:50, 50:75] = True  # ...against a big lesion off-centre, and a dark corner
+    mask[:20, :20] = True
+    assert np.array_equal(central_component(mask), np.pad(np.ones((40, 25), bool), ((10, 10), (50, 5))))
+    single = np.zeros((30, 30), bool)
+    single[:5, :5] = True  # one component, wherever it lies, is kept
+    assert np.array_equal(central_component(single), single)
+    assert not central_component(np.zeros((5, 5), bool)).any()
+
+
+def test_central_fill_keeps_the_central_component_and_fills_it():
+    mask = faint_lesion_and_a_dark_corner()
+    mask[29:31, 39:41] = False  # a hole in the lesion
+    out = postprocess_mask(mask, "central_fill")
+    assert out.sum() == 144 and out[24:36, 34:46].all()
+    assert postprocess_mask(mask, "central").sum() == 140
 
 
 def test_fill_holes_closes_the_lesion_but_not_the_background_touching_the_border():

@@ -95,10 +95,18 @@ class Checked:
 
 
 def check_range(f: dataclasses.Field, value: Any) -> None:
-    """That value is in the range of field f (its metadata's valid), with a one-line error naming it."""
+    """That value is in the range or among the choices of field f, with a one-line error naming it (a config made
+    in code or read from a model.json is checked as the command line's are)."""
     valid = f.metadata.get("valid")
     if valid and value is not None and not valid[0](value):
         raise ConfigError(f"parameter {f.name}={value!r} must be {valid[1]}; fix the value and run again")
+    if value is not None:
+        check_choice(f.name, value, f.metadata.get("choices"))
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...] | None) -> None:
+    if choices and value not in choices:
+        raise ConfigError(f"parameter {name}={value!r} must be one of {', '.join(choices)}")
 
 
 def color_constancy_param() -> Any:
@@ -167,9 +175,10 @@ class ModelConfig(Checked):
     drop_path: float = param(0.0, "Stochastic depth rate in the encoder (student noise).", valid=RATE)
     color_constancy: str = color_constancy_param()
     postprocess: str = param("central_fill", "Mask post-processing after the threshold, at the original size: "
-                             "central_fill keeps one connected component, the largest once weighted by closeness to "
-                             "the image centre, and fills its holes (largest_fill: the plain largest component); saved "
-                             "with the model and used by validation, evaluate, predict and serving.", POSTPROCESS)
+                             "central_fill keeps one connected component, the largest once its pixels are weighted by "
+                             "closeness to the image centre (dermoscopy frames the lesion there), and fills its holes; "
+                             "largest_fill keeps the plain largest component (for lesions not centred); saved with the "
+                             "model and used by validation, evaluate, predict and serving.", POSTPROCESS)
 
 
 @dataclass
@@ -596,8 +605,7 @@ def same_value(logged: str, value: Any, typ: Any = None) -> bool:
 def leaf_value(name: str, typ: Any, choices: tuple[str, ...] | None, raw: Any) -> Any:
     """raw parsed as the field's type and checked against its choices."""
     value = parse_value(name, typ, raw)
-    if choices and value not in choices:
-        raise ConfigError(f"parameter {name}={value!r} must be one of {', '.join(choices)}")
+    check_choice(name, value, choices)
     return value
 
 

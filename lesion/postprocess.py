@@ -1,12 +1,13 @@
 """Mask post-processing as the ISIC pipelines do it, and a guard against degenerate masks.
 
 A dermoscopy image holds one lesion, framed near its centre: `central_fill`
-keeps one connected component of the thresholded mask, the largest once each
-is weighted by how close it lies to the image centre, and fills its holes.
-That removes speckles on hairs and bubbles, closes lesions with bright
-regression areas, and drops dark vignette corners and frame edges that
-outgrow a faint central lesion (`largest_fill`, the plain largest component,
-keeps those; benchmarks/README.md, "Post-processing").
+keeps one connected component of the thresholded mask, the one with the most
+pixels once each pixel is weighted by its closeness to the image centre, and
+fills its holes. That removes speckles on hairs and bubbles, closes lesions
+with bright regression areas, and drops dark vignette corners that outgrow a
+faint central lesion, which `largest_fill` (the plain largest component)
+keeps (benchmarks/README.md, "Central or largest component"). For images whose
+lesions are not centred (clinical photographs, crops), use `largest_fill`.
 It is applied at the original resolution, after the threshold, in evaluate,
 predict, serving and the validation of every training run (the setting lives
 in the model's model.json); the probabilities themselves are never changed.
@@ -24,8 +25,8 @@ import numpy as np
 
 MODES = ("central_fill", "central", "largest_fill", "largest", "fill", "none")
 DEGENERATE_AREA = 0.9  # a lesion mask covering more of the frame than this is suspect
-# Width of the centre prior: a component's area counts exp(-(offset / CENTRE_WIDTH)^2), offset being the distance of
-# its centroid from the image centre with the corners at 1. Halfway to a corner (0.5) keeps 13% of the area.
+# Width of the centre prior: each pixel of a component counts exp(-(offset / CENTRE_WIDTH)^2), offset being its distance
+# from the image centre with the corners at 1: a pixel halfway to a corner counts 13%, one at a corner 0.03%.
 CENTRE_WIDTH = 0.35
 
 
@@ -38,15 +39,19 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def central_component(mask: np.ndarray, width: float = CENTRE_WIDTH) -> np.ndarray:
-    """The connected component with the largest area weighted by closeness to the image centre."""
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    """The connected component with the most pixels once each is weighted by its closeness to the image centre.
+
+    Pixels, not centroids, are weighted: a vignette ring or a frame around the image has its centroid at the
+    centre but its pixels at the edges. Distances are in pixels, the same along both axes, over the half-diagonal.
+    """
+    count, labels, _, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if count <= 2:
         return mask.astype(bool)
     h, w = mask.shape
-    dx, dy = (centroids[1:, 0] - (w - 1) / 2) / (w / 2), (centroids[1:, 1] - (h - 1) / 2) / (h / 2)
-    offset = np.hypot(dx, dy) / np.sqrt(2)
-    score = stats[1:, cv2.CC_STAT_AREA] * np.exp(-(offset / width) ** 2)
-    return labels == 1 + int(np.argmax(score))
+    yy, xx = np.ogrid[0:h, 0:w]
+    offset = np.hypot(xx - (w - 1) / 2, yy - (h - 1) / 2) / np.hypot(w / 2, h / 2)
+    score = np.bincount(labels.ravel(), weights=np.exp(-(offset / width) ** 2).ravel(), minlength=count)
+    return labels == 1 + int(np.argmax(score[1:]))
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from lesion.pretrain import run_pretrain
 from lesion.report import run_report
 from lesion.runs import RunFinished, default_run_name
 from lesion.selftrain.loop import run_selftrain
+from lesion.selftrain.rounds import check_student
 
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
@@ -34,6 +35,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     unknown = set(methods) - {"supervised", "ssl", "selftrain"}
     if unknown or not fractions:
         raise ConfigError(f"methods {sorted(unknown)} unknown or no label_fractions; use supervised, ssl, selftrain")
+    if "selftrain" in methods:  # its students' settings fail before the first of the sweep's runs, not after
+        check_student(SelftrainConfig(model=cfg.model, pseudo=cfg.pseudo))
     prefix = cfg.run.run_name or default_run_name("sweep")
 
     def once(run, stage_cfg):

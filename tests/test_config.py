@@ -151,8 +151,16 @@ def test_student_init_teacher_refuses_another_encoder_only():
 
     check_student(C.from_flat(C.SelftrainConfig, {"student_init": "teacher"}))
     check_student(C.from_flat(C.SelftrainConfig, {"student_init": "teacher", "student_encoder": "resnet18"}))
+    check_student(C.from_flat(C.SelftrainConfig, {"student_init": "teacher", "student_encoder": "tu-resnet18"}))
+    check_student(C.from_flat(C.SelftrainConfig, {"encoder": "tu-resnet18", "student_encoder": "resnet18"}))
     with pytest.raises(ConfigError, match="student_init=teacher needs the teacher's encoder"):
         check_student(C.from_flat(C.SelftrainConfig, {"student_init": "teacher", "student_encoder": "resnet34"}))
+
+
+def test_a_config_made_in_code_or_read_from_a_model_json_checks_its_choices():
+    with pytest.raises(ConfigError, match="postprocess='central_fil' must be one of central_fill, central"):
+        C.ModelConfig(postprocess="central_fil")
+    assert C.ModelConfig().postprocess == "central_fill"
 
 
 def test_help_and_mlproject_say_what_none_means():

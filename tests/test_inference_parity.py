@@ -23,7 +23,7 @@ from lesion.finetune import run_finetune
 def champion(tmp_path, tracking):
     cfg = from_flat(FinetuneConfig, {"data": "synthetic:n=20,size=64,seed=7", "epochs": 1, "batch_size": 8,
                                      "output_dir": str(tmp_path / "out"), "run_name": "parity",
-                                     "color_constancy": "shades_of_gray", "postprocess": "central_fill"})
+                                     "color_constancy": "shades_of_gray"})  # and the default postprocess
     return run_finetune(cfg)
 
 
@@ -48,7 +48,7 @@ def read_mask(path) -> np.ndarray:
 @pytest.mark.slow
 def test_predict_pyfunc_and_onnx_give_the_same_mask(champion, tmp_path):
     model, meta = load_model("models:/lesion-segmenter@champion")
-    assert (meta["color_constancy"], meta["postprocess"]) == ("shades_of_gray", "central_fill"), "saved with the model"
+    assert (meta["color_constancy"], meta["postprocess"]) == ("shades_of_gray", "central_fill"), "the defaults, saved with the model"
     paths = cast_images(tmp_path / "images")
 
     run_predict(from_flat(PredictConfig, {"model": "models:/lesion-segmenter@champion", "input": str(tmp_path / "images"),

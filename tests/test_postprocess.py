@@ -42,10 +42,32 @@ def test_central_component_still_takes_size_into_account():
     mask[10:50, 50:75] = True  # ...against a big lesion off-centre, and a dark corner
     mask[:20, :20] = True
     assert np.array_equal(central_component(mask), np.pad(np.ones((40, 25), bool), ((10, 10), (50, 5))))
+    assert largest_component(mask).sum() == 40 * 25
+    mask[:20, :20] = False
+    mask[:, :17] = True  # a frame edge larger than the lesion, further out: the lesion stays
+    assert largest_component(mask).sum() == 60 * 17
+    assert central_component(mask)[10:50, 50:75].all() and central_component(mask).sum() == 40 * 25
     single = np.zeros((30, 30), bool)
     single[:5, :5] = True  # one component, wherever it lies, is kept
     assert np.array_equal(central_component(single), single)
     assert not central_component(np.zeros((5, 5), bool)).any()
+
+
+def test_central_component_weighs_pixels_not_centroids():
+    """A vignette ring has its centroid at the image centre; its pixels lie far from it."""
+    yy, xx = np.mgrid[0:101, 0:101]
+    radius = np.hypot(yy - 50, xx - 50)
+    ring = (radius > 40) & (radius < 48)  # about 2,200 pixels around the centre
+    lesion = radius < 12  # about 450 pixels at it
+    assert np.array_equal(central_component(ring | lesion), lesion)
+
+
+def test_central_component_measures_distance_in_pixels_on_both_axes():
+    """On a wide image, an equal component nearer in pixels wins, whichever axis it is off along."""
+    mask = np.zeros((61, 161), bool)
+    mask[28:33, 108:113] = True  # 30 pixels right of the centre (80, 30)
+    mask[50:55, 78:83] = True  # 22 pixels below it: nearer, though nearer the border of its axis
+    assert central_component(mask)[50:55, 78:83].all() and central_component(mask).sum() == 25
 
 
 def test_central_fill_keeps_the_central_component_and_fills_it():

@@ -1,5 +1,8 @@
+import pytest
+
 import lesion.sweep as sweep
 from lesion.config import ScheduleConfig, SweepConfig, TrainConfig, replace_flat
+from lesion.errors import ConfigError
 
 
 def test_the_sweeps_pretraining_takes_its_schedule_not_its_early_stopping(monkeypatch):
@@ -21,3 +24,15 @@ def test_the_sweeps_pretraining_takes_its_schedule_not_its_early_stopping(monkey
     finetune = seen["finetune"]
     assert isinstance(finetune.train, TrainConfig) and (finetune.train.patience, finetune.train.keep) == (3, "best")
     assert finetune.model.encoder_init == "/encoder" and finetune.data.label_fraction == 0.5
+
+
+def test_a_student_the_teacher_cannot_start_fails_before_the_first_run(monkeypatch):
+    ran = []
+    for name in ("pretrain", "finetune", "selftrain", "report"):
+        monkeypatch.setattr(sweep, f"run_{name}", lambda cfg, name=name: ran.append(name) or {})
+    cfg = replace_flat(SweepConfig(), methods="supervised,selftrain", label_fractions="0.5", student_encoder="resnet34")
+    with pytest.raises(ConfigError, match="student_init encoder_init"):
+        sweep.run_sweep(cfg)
+    assert ran == []
+    sweep.run_sweep(replace_flat(cfg, student_init="encoder_init"))
+    assert ran == ["finetune", "selftrain", "report"]

@@ -17,12 +17,13 @@ from typing import Any, Sequence
 import torch
 from accelerate import Accelerator
 
-from lesion.config import FinetuneConfig, NoiseConfig, PseudoConfig, SelftrainConfig
+from lesion.config import FinetuneConfig, NoiseConfig, NoisyStudentConfig, PseudoConfig, SelftrainConfig
 from lesion.data.prepare import PreparedData
 from lesion.data.splits import Row, select
 from lesion.errors import ConfigError
 from lesion.finetune import StageResult, train_segmenter
 from lesion.models.io import load_model
+from lesion.models.registry import timm_encoder_name
 from lesion.selftrain.pseudo import Selection, pseudo_label
 from lesion.tracking import Tracker
 from lesion.train.engine import Callback
@@ -48,8 +49,11 @@ def student_for(student: FinetuneConfig, pseudo: PseudoConfig, teacher_dir: str)
     return replace(student, model=replace(student.model, encoder_init=teacher_dir))
 
 
-def check_student(cfg: SelftrainConfig) -> None:
-    if cfg.pseudo.student_init == "teacher" and cfg.pseudo.student_encoder not in (None, cfg.model.encoder):
+def check_student(cfg: NoisyStudentConfig) -> None:
+    """Before any training: a student that starts from its teacher needs the teacher's encoder (resnet18 is tu-resnet18)."""
+    student = cfg.pseudo.student_encoder
+    if cfg.pseudo.student_init == "teacher" and student is not None and (
+            timm_encoder_name(student) != timm_encoder_name(cfg.model.encoder)):
         raise ConfigError(f"student_init=teacher needs the teacher's encoder ({cfg.model.encoder}) in the student, not "
                           f"student_encoder={cfg.pseudo.student_encoder}: a student starts from its teacher by "
                           "default; for a larger student, start it afresh (--student_init encoder_init; "

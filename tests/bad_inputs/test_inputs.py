@@ -161,6 +161,8 @@ def test_a_model_folder_whose_encoder_is_a_hub_id_is_refused(broken_model):
     ("[1, 2, 3]", r"model.json holds a JSON list, not an object"),
     ('{"kind": "lesion-segmenter", "arch": "unet", "encoder": "tu-resnet18"}', r"model.json has no image_size"),
     ('{"image_size": 64, "encoder": 18}', r"model.json: encoder=18 is not a str"),
+    # a misspelt mode, or a newer lesion's one: refused on loading, not as a traceback after the first image
+    ('{"image_size": 64, "postprocess": "central_fil"}', r"model.json: parameter postprocess='central_fil' must be one of"),
 ])
 def test_a_model_json_that_is_not_lesions_is_one_line(entry, meta, match, broken_model, tmp_path, tracking, capsys):
     (broken_model / "model.json").write_text(meta)

@@ -25,8 +25,12 @@ def test_noise_knobs_do_not_change_tensor_names():
 
 
 def test_unknown_arch_and_encoder_are_clear_errors():
+    with pytest.raises(ConfigError, match="arch='segformer' must be one of unet"):
+        ModelConfig(arch="segformer")  # checked when made
+    changed = ModelConfig()
+    changed.arch = "segformer"  # changed after its check: the registry still names it
     with pytest.raises(ConfigError, match="arch='segformer' is unknown"):
-        build_model(ModelConfig(arch="segformer"))
+        build_model(changed)
     with pytest.raises(ConfigError, match="not a timm model"):
         build_model(ModelConfig(encoder="resnet_does_not_exist"))
 

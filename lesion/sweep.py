@@ -36,7 +36,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     if unknown or not fractions:
         raise ConfigError(f"methods {sorted(unknown)} unknown or no label_fractions; use supervised, ssl, selftrain")
     if "selftrain" in methods:  # its students' settings fail before the first of the sweep's runs, not after
-        check_student(SelftrainConfig(model=cfg.model, pseudo=cfg.pseudo))
+        check_student(cfg)
     prefix = cfg.run.run_name or default_run_name("sweep")
 
     def once(run, stage_cfg):

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import torch
 from accelerate import Accelerator
 
-from lesion.config import FinetuneConfig, NoiseConfig, NoisyStudentConfig, PseudoConfig, SelftrainConfig
+from lesion.config import (FinetuneConfig, NoiseConfig, NoisyStudentConfig, PseudoConfig, SelftrainConfig,
+                           SweepConfig)
 from lesion.data.prepare import PreparedData
 from lesion.data.splits import Row, select
 from lesion.errors import ConfigError
@@ -49,8 +50,9 @@ def student_for(student: FinetuneConfig, pseudo: PseudoConfig, teacher_dir: str)
     return replace(student, model=replace(student.model, encoder_init=teacher_dir))
 
 
-def check_student(cfg: NoisyStudentConfig) -> None:
-    """Before any training: a student that starts from its teacher needs the teacher's encoder (resnet18 is tu-resnet18)."""
+def check_student(cfg: NoisyStudentConfig | SweepConfig) -> None:
+    """Before any training (selftrain, tune, sweep): a student that starts from its teacher needs the teacher's
+    encoder (resnet18 is tu-resnet18)."""
     student = cfg.pseudo.student_encoder
     if cfg.pseudo.student_init == "teacher" and student is not None and (
             timm_encoder_name(student) != timm_encoder_name(cfg.model.encoder)):

@@ -6,7 +6,8 @@ as a base64 PNG at the image's original size (thresholded, then post-processed
 as the model was trained to be), its height and width, the lesion fraction and
 whether the mask is degenerate (covers most of the frame or touches every
 border: check such images); `return_probabilities=True` adds the raw
-probability map (base64 PNG, 0..255), before threshold and post-processing.
+probability map (base64 PNG, 0..255), before threshold and post-processing;
+`postprocess=largest_fill` (or any mode of `lesion predict --postprocess`) overrides the model's own.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lesion.config import MAX_PIXELS
+from lesion.config import MAX_PIXELS, InferenceConfig
+from lesion.errors import ConfigError
 from lesion.inference import final_mask, mask_png, mask_report, predict_images
 from lesion.models.io import load_model
 
@@ -37,7 +39,7 @@ def pyfunc_signature():
         outputs=Schema([ColSpec("string", "mask"), ColSpec("long", "height"), ColSpec("long", "width"),
                         ColSpec("double", "lesion_fraction"), ColSpec("boolean", "degenerate")]),
         params=ParamSchema([ParamSpec("threshold", "double", 0.5), ParamSpec("return_probabilities", "boolean", False),
-                            ParamSpec("tta", "boolean", False)]),
+                            ParamSpec("tta", "boolean", False), ParamSpec("postprocess", "string", "model")]),
     )
 
 
@@ -85,6 +87,16 @@ def _threshold(params: dict) -> float:
     return threshold
 
 
+def _postprocess(params: dict, model_mode: str) -> str:
+    """The mode asked for, checked like `lesion predict --postprocess`; 'model' is the model's own."""
+    value = params.get("postprocess", "model")
+    try:
+        InferenceConfig(postprocess=value)
+    except ConfigError as err:
+        raise _bad_input(f"params: {err}") from None
+    return model_mode if value == "model" else value
+
+
 def decode_image(data: bytes | str, row: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if isinstance(data, str):
         try:
@@ -111,15 +123,15 @@ class LesionPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
         threshold = _threshold(params)  # before any image is decoded
+        postprocess = _postprocess(params, self.model.config.postprocess)
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns or len(model_input) == 0:
             raise _bad_input("input must have an 'image' column with at least one base64-encoded PNG or JPEG")
         images = [decode_image(v, i) for i, v in enumerate(model_input["image"].tolist())]
-        conventions = self.model.config  # the model's colour constancy and post-processing, from its model.json
         probs = predict_images(self.model, images, int(self.meta["image_size"]), tta=bool(params.get("tta", False)),
-                               color_constancy=conventions.color_constancy)
+                               color_constancy=self.model.config.color_constancy)  # the model's, from model.json
         rows = []
         for prob in probs:
-            mask = final_mask(prob, threshold, conventions.postprocess)
+            mask = final_mask(prob, threshold, postprocess)
             row = {"mask": base64.b64encode(mask_png(mask)).decode(), "height": mask.shape[0],
                    "width": mask.shape[1], **mask_report(mask)}
             if params.get("return_probabilities"):

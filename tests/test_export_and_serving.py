@@ -123,6 +123,8 @@ def test_rest_serving_answers_masks_and_rejects_bad_input(champion, tmp_path):
              "pixel limit"),
             (json.dumps({"dataframe_split": {"columns": ["image"], "data": [[png_b64(image)]]},
                          "params": {"threshold": 1.5}}).encode(), "threshold=1.5 must be a probability in [0, 1]"),
+            (json.dumps({"dataframe_split": {"columns": ["image"], "data": [[png_b64(image)]]},
+                         "params": {"postprocess": "biggest"}}).encode(), "postprocess='biggest' must be one of"),
         ):
             status, answer = post(port, bad)
             assert status == 400, (status, answer)

@@ -86,3 +86,26 @@ def test_the_colour_constancy_reaches_the_network(champion, tmp_path):
     assert not np.allclose(network_input(image, 64, "shades_of_gray"), network_input(image, 64, "none"))
     model, meta = load_model("models:/lesion-segmenter@champion")
     assert model.config.color_constancy == "shades_of_gray"
+
+
+@pytest.mark.slow
+def test_serving_takes_a_postprocess_override_like_predict(champion, tmp_path):
+    """`params={"postprocess": ...}` gives predict's mask for the same mode, and a bad mode is one line."""
+    from lesion.serving import BadInput
+
+    paths = cast_images(tmp_path / "images")
+    served = mlflow.pyfunc.load_model("models:/lesion-segmenter@champion")
+    images = pd.DataFrame({"image": [p.read_bytes() for p in paths]})
+    served_masks = {}
+    for mode in ("none", "largest_fill"):
+        run_predict(from_flat(PredictConfig, {"model": "models:/lesion-segmenter@champion", "input": str(tmp_path / "images"),
+                                              "out": str(tmp_path / mode), "postprocess": mode}))
+        answers = served.predict(images, params={"postprocess": mode})
+        for path, (_, answer) in zip(paths, answers.iterrows()):
+            by_pyfunc = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask"])))) > 127
+            assert np.array_equal(read_mask(tmp_path / mode / f"{path.stem}_segmentation.png"), by_pyfunc), (mode, path.name)
+            served_masks.setdefault(mode, []).append(by_pyfunc)
+    assert any(not np.array_equal(a, b) for a, b in zip(*served_masks.values())), "the modes must differ to prove the override"
+    with pytest.raises(BadInput, match=r"^params: parameter postprocess='biggest' must be one of model, ") as err:
+        served.predict(images, params={"postprocess": "biggest"})
+    assert "\n" not in str(err.value)

@@ -11,13 +11,15 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from lesion import config as C
 from lesion.errors import LesionError
-from lesion.launch import peer_reported_error, report_user_error
+from lesion.launch import in_group, peer_reported_error, report_user_error
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,28 @@ def disk_full(err: BaseException | None) -> bool:
     return False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, docker stop, a scheduler's pre-emption) as an interrupt: the run ends KILLED, not RUNNING forever."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupted(name: str, stop: KeyboardInterrupt) -> int:
+    """One line instead of a traceback; the shell's 128 + signal number."""
+    how, code = ("stopped by SIGTERM", 128 + signal.SIGTERM) if isinstance(stop, Terminated) else \
+        ("interrupted by Ctrl-C (SIGINT)", 128 + signal.SIGINT)
+    if not in_group():  # a rank of lesion launch's group: the launcher says it once
+        print(f"lesion {name}: {how}; any MLflow run it started is marked KILLED, and a training run resumes from its "
+              "last saved epoch when the same command runs again with the run_name printed at its start",
+              file=sys.stderr, flush=True)
+    return code
+
+
 def run_entry_point(name: str, argv: list[str] | None = None) -> int:
-    """Parse argv into the entry point's config and run it; user errors are one line, exit 2."""
+    """Parse argv into the entry point's config and run it; user errors are one line, exit 2; an interrupt
+    (Ctrl-C or SIGTERM) is one line, exit 130 or 143, with the MLflow run marked KILLED."""
     parser = entry_parser(name)
 
     def usage_error(message: str) -> None:  # argparse's, as one line (and once for a group of ranks)
@@ -94,9 +116,13 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
 
     parser.error = usage_error
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         cfg = C.from_args(ENTRY_POINTS[name].config, args, parameter_names())
         ENTRY_POINTS[name].function()(cfg)
+    except KeyboardInterrupt as stop:
+        return _interrupted(name, stop)
     except LesionError as err:
         report_user_error(name, str(err))
         _no_empty_mlflow_run()
@@ -111,6 +137,9 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
                           f"{getattr(args, 'output_dir', '') or '.'} or cache_dir; free space or point them elsewhere, "
                           "then run the same command again: a training run resumes from its last saved epoch")
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

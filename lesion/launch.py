@@ -55,6 +55,11 @@ def accelerate_args(entry: str, num_processes: int, args: list[str]) -> list[str
     return cmd + ["-m", "lesion.cli", entry, *args]
 
 
+def in_group() -> bool:
+    """Whether this process is one rank of a group of several that lesion launch started."""
+    return _group_errors() is not None
+
+
 def _group_errors() -> Path | None:
     """The folder where ranks of a group that lesion launch started leave their user errors (None otherwise)."""
     folder = os.environ.get(ERRORS, "")
@@ -145,8 +150,15 @@ def launch(entry: str, num_processes: int, args: list[str]) -> int:
                 return _child_failed(entry, err)
             print(line, file=sys.stderr, flush=True)
             return USER_ERROR
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # one process: it printed its own line
             return 130
+        except SystemExit as stop:  # several: accelerate exits 128 + N once torch elastic has stopped them on signal N
+            code = stop.code if isinstance(stop.code, int) else 1
+            if code - 128 in (signal.SIGINT, signal.SIGTERM):
+                print(f"lesion launch: {entry} stopped by {signal.Signals(code - 128).name}; every rank stopped and "
+                      "the MLflow run is marked KILLED; the same command with the run_name printed at its start "
+                      "resumes it", file=sys.stderr, flush=True)
+            return code
         except (ValueError, RuntimeError, OSError) as err:  # accelerate's own checks (an invalid accelerate config)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             print(f"lesion launch: error: accelerate launch failed: {first}; check num_processes and your "

@@ -1,7 +1,12 @@
 """The command line (lesion/cli.py): every entry point's --help, presets and options on the way to its config,
-user errors as one line with exit 2, and crashes that keep their traceback."""
+user errors as one line with exit 2, interrupts as one line with the run marked KILLED, and crashes that keep
+their traceback."""
 
 from __future__ import annotations
+
+import os
+import signal
+import time
 
 import pytest
 
@@ -93,3 +98,29 @@ def test_an_abbreviated_option_is_refused(capsys):
         run_entry_point("finetune", ["--epoch", "1"])
     assert done.value.code == 2
     assert "unrecognized arguments: --epoch 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stop, code, how", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                             (signal.SIGINT, 130, "interrupted by Ctrl-C (SIGINT)")])
+def test_an_interrupt_is_one_line_and_its_run_ends_killed(stop, code, how, tracking, monkeypatch, capsys):
+    """kill, docker stop or a scheduler's pre-emption (SIGTERM), or Ctrl-C: no traceback, and no run left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from lesion.tracking import Tracker
+
+    def interrupted_training(cfg):
+        with Tracker().run("finetune", "stopped", "interrupts"):
+            os.kill(os.getpid(), stop)
+            time.sleep(30)  # the signal ends this at once
+            pytest.fail("the signal must stop the command")
+
+    monkeypatch.setattr(lesion.finetune, "run_finetune", interrupted_training)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_entry_point("finetune", []) == code
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"lesion finetune: {how}; ") and "Traceback" not in err
+    assert "resumes" in err.splitlines()[-1]
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("interrupts").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert signal.getsignal(signal.SIGTERM) is before, "lesion's handler lives only while its command runs"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -134,3 +135,54 @@ def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking
     stage_dirs = [tmp_path / "out" / "selftrain" / parents[0].data.tags["lesion.run_name"] / s for s in ("teacher", "student1")]
     assert all((d / "best" / "model.safetensors").is_file() for d in stage_dirs)
     assert not [d for d in stage_dirs if (d / "state").exists()], "finished stages keep no resume state"
+
+
+def start_and_stop_after_the_first_epoch(cmd: list[str], state: Path, stop: signal.Signals, cwd: Path) -> tuple[int, str]:
+    """Start cmd, send stop once it has saved an epoch to resume from (state), and return its exit status and output."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not state.exists():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() < deadline, "no epoch was saved"
+        time.sleep(0.2)
+    proc.send_signal(stop)
+    output = proc.communicate(timeout=120)[0]
+    return proc.returncode, output
+
+
+@pytest.mark.slow
+def test_sigterm_marks_the_run_killed_and_the_same_command_resumes_it(tmp_path, tracking):
+    """A scheduler pre-empts a training (SIGTERM): one line, exit 143, the run KILLED; the same command finishes it."""
+    out = tmp_path / "outputs"
+    cmd = [str(BIN / "lesion"), "finetune", "--data", DATA, "--epochs", "3", "--batch_size", "4", "--output_dir", str(out),
+           "--run_name", "preempted"]
+    code, output = start_and_stop_after_the_first_epoch(cmd, out / "finetune" / "preempted" / "state" / "progress.json",
+                                                        signal.SIGTERM, tmp_path)
+    assert code == 143, output[-3000:]
+    assert "Traceback" not in output and output.strip().splitlines()[-1].startswith("lesion finetune: stopped by SIGTERM; ")
+    client = MlflowClient()
+    [stopped] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   "tags.`lesion.run_name` = 'preempted'")
+    assert stopped.info.status == "KILLED"
+
+    assert "resuming" in run(cmd, cwd=tmp_path)
+    [done] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.`lesion.run_name` = 'preempted'")
+    assert (done.info.run_id, done.info.status) == (stopped.info.run_id, "FINISHED")
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_two_process_launch_is_one_line(tmp_path, tracking):
+    """torch elastic turns the launcher's Ctrl-C into its own exception and stops the ranks: one line, no traceback."""
+    out = tmp_path / "outputs"
+    cmd = [str(BIN / "lesion"), "launch", "finetune", "--num_processes", "2", "--", "--data", DATA, "--epochs", "20",
+           "--batch_size", "4", "--output_dir", str(out), "--run_name", "two-stopped"]
+    code, output = start_and_stop_after_the_first_epoch(cmd, out / "finetune" / "two-stopped" / "state" / "progress.json",
+                                                        signal.SIGINT, tmp_path)
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert output.strip().splitlines()[-1].startswith("lesion launch: finetune stopped by SIGINT; ")
+    client = MlflowClient()
+    [stopped] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   "tags.`lesion.run_name` = 'two-stopped'")
+    assert stopped.info.status == "KILLED"

@@ -13,12 +13,12 @@ import importlib
 import os
 import signal
 import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from lesion import config as C
 from lesion.errors import LesionError
+from lesion.interrupts import Terminated, interrupts_raise
 from lesion.launch import in_group, peer_reported_error, report_user_error
 
 
@@ -85,14 +85,6 @@ def disk_full(err: BaseException | None) -> bool:
     return False
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (kill, docker stop, a scheduler's pre-emption) as an interrupt: the run ends KILLED, not RUNNING forever."""
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
-
-
 def _interrupted(name: str, stop: KeyboardInterrupt) -> int:
     """One line instead of a traceback; the shell's 128 + signal number."""
     how, code = ("stopped by SIGTERM", 128 + signal.SIGTERM) if isinstance(stop, Terminated) else \
@@ -116,11 +108,10 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
 
     parser.error = usage_error
     args = parser.parse_args(argv)
-    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         cfg = C.from_args(ENTRY_POINTS[name].config, args, parameter_names())
-        ENTRY_POINTS[name].function()(cfg)
+        with interrupts_raise():
+            ENTRY_POINTS[name].function()(cfg)
     except KeyboardInterrupt as stop:
         return _interrupted(name, stop)
     except LesionError as err:
@@ -137,9 +128,6 @@ def run_entry_point(name: str, argv: list[str] | None = None) -> int:
                           f"{getattr(args, 'output_dir', '') or '.'} or cache_dir; free space or point them elsewhere, "
                           "then run the same command again: a training run resumes from its last saved epoch")
         return 2
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

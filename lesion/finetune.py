@@ -22,6 +22,7 @@ from lesion.data.sources import discover
 from lesion.data.splits import Row, select
 from lesion.errors import ConfigError
 from lesion.inference import image_png
+from lesion.interrupts import uninterrupted
 from lesion.models import build_model
 from lesion.models.io import load_model
 from lesion.outputs import write_json
@@ -136,18 +137,19 @@ def train_segmenter(cfg: FinetuneConfig, accelerator: Accelerator, tracker: Trac
             model_uri, version = done["lesion.model_uri"], done.get("lesion.model_version")
         else:
             example = val_ds.cache.load(val_rows[0].image, None).image
-            model_uri = log_segmenter(kept.dir, image_png(example), tracker)
-            tracker.set_tags({"lesion.model_uri": model_uri})
-            share_logged_copy(kept.dir, model_uri)  # a local store holds the weights once, not twice
-            if cfg.run.register:
-                tags = {"role": role, "label_fraction": cfg.data.label_fraction, "data": cfg.data.data,
-                        "parent_run": done.get("mlflow.parentRunId", tracker.run_id),  # selftrain: its parent
-                        "val_jaccard": f"{kept.record['val/jaccard']:.6f}", "epoch": kept.epoch + 1,
-                        "arch": cfg.model.arch, "encoder": cfg.model.encoder, **(extra_tags or {})}
-                if test:
-                    tags["test_jaccard"] = f"{test['jaccard']:.6f}"
-                version = register(model_uri, SEGMENTER, tags)
-                tracker.set_tags({"lesion.model_version": version})
+            with uninterrupted():  # logged and registered, or neither: a resume trusts these tags
+                model_uri = log_segmenter(kept.dir, image_png(example), tracker)
+                tracker.set_tags({"lesion.model_uri": model_uri})
+                share_logged_copy(kept.dir, model_uri)  # a local store holds the weights once, not twice
+                if cfg.run.register:
+                    tags = {"role": role, "label_fraction": cfg.data.label_fraction, "data": cfg.data.data,
+                            "parent_run": done.get("mlflow.parentRunId", tracker.run_id),  # selftrain: its parent
+                            "val_jaccard": f"{kept.record['val/jaccard']:.6f}", "epoch": kept.epoch + 1,
+                            "arch": cfg.model.arch, "encoder": cfg.model.encoder, **(extra_tags or {})}
+                    if test:
+                        tags["test_jaccard"] = f"{test['jaccard']:.6f}"
+                    version = register(model_uri, SEGMENTER, tags)
+                    tracker.set_tags({"lesion.model_version": version})
         external = score_external(kept.dir, cfg.data, data.image_size, cfg.train.batch_size, accelerator.device)
         # model/*: the weights this run hands on (keep=best: its best epoch; keep=last: its final one).
         tracker.log_metrics({"model/val_jaccard": kept.record["val/jaccard"], "model/val_dice": kept.record["val/dice"],

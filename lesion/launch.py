@@ -150,11 +150,11 @@ def launch(entry: str, num_processes: int, args: list[str]) -> int:
                 return _child_failed(entry, err)
             print(line, file=sys.stderr, flush=True)
             return USER_ERROR
-        except KeyboardInterrupt:  # one process: it printed its own line
+        except KeyboardInterrupt:
             return 130
-        except SystemExit as stop:  # several: accelerate exits 128 + N once torch elastic has stopped them on signal N
+        except SystemExit as stop:  # accelerate exits 128 + N once it has stopped the processes on signal N
             code = stop.code if isinstance(stop.code, int) else 1
-            if code - 128 in (signal.SIGINT, signal.SIGTERM):
+            if num_processes != 1 and code - 128 in (signal.SIGINT, signal.SIGTERM):  # one process said it itself
                 print(f"lesion launch: {entry} stopped by {signal.Signals(code - 128).name}; every rank stopped and "
                       "the MLflow run is marked KILLED; the same command with the run_name printed at its start "
                       "resumes it", file=sys.stderr, flush=True)

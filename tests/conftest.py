@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -104,3 +105,12 @@ def postgres_server() -> Callable[[str], str]:
 def postgres(postgres_server) -> str:
     """An empty `optuna` database on a throwaway PostgreSQL server."""
     return postgres_server("optuna")
+
+
+@pytest.fixture
+def ctrl_c_enabled():
+    """Ctrl-C raises KeyboardInterrupt, as in a terminal, also where the tests run as a background job (`nohup
+    .ci/run &`: SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

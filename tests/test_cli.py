@@ -102,7 +102,8 @@ def test_an_abbreviated_option_is_refused(capsys):
 
 @pytest.mark.parametrize("stop, code, how", [(signal.SIGTERM, 143, "stopped by SIGTERM"),
                                              (signal.SIGINT, 130, "interrupted by Ctrl-C (SIGINT)")])
-def test_an_interrupt_is_one_line_and_its_run_ends_killed(stop, code, how, tracking, monkeypatch, capsys):
+def test_an_interrupt_is_one_line_and_its_run_ends_killed(stop, code, how, tracking, monkeypatch, capsys,
+                                                          ctrl_c_enabled):
     """kill, docker stop or a scheduler's pre-emption (SIGTERM), or Ctrl-C: no traceback, and no run left RUNNING."""
     from mlflow.tracking import MlflowClient
 
@@ -115,7 +116,7 @@ def test_an_interrupt_is_one_line_and_its_run_ends_killed(stop, code, how, track
             pytest.fail("the signal must stop the command")
 
     monkeypatch.setattr(lesion.finetune, "run_finetune", interrupted_training)
-    before = signal.getsignal(signal.SIGTERM)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     assert run_entry_point("finetune", []) == code
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(f"lesion finetune: {how}; ") and "Traceback" not in err
@@ -123,4 +124,4 @@ def test_an_interrupt_is_one_line_and_its_run_ends_killed(stop, code, how, track
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("interrupts").experiment_id])
     assert [r.info.status for r in runs] == ["KILLED"]
-    assert signal.getsignal(signal.SIGTERM) is before, "lesion's handler lives only while its command runs"
+    assert {sig: signal.getsignal(sig) for sig in before} == before, "lesion's handlers live only while its command runs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -137,15 +138,22 @@ def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking
     assert not [d for d in stage_dirs if (d / "state").exists()], "finished stages keep no resume state"
 
 
-def start_and_stop_after_the_first_epoch(cmd: list[str], state: Path, stop: signal.Signals, cwd: Path) -> tuple[int, str]:
-    """Start cmd, send stop once it has saved an epoch to resume from (state), and return its exit status and output."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_and_stop_after_the_first_epoch(cmd: list[str], state: Path, stop: signal.Signals, cwd: Path,
+                                        to_group: bool = False) -> tuple[int, str]:
+    """Start cmd, send stop once it has saved an epoch to resume from (state), to the process or, as a terminal's
+    Ctrl-C does, to its whole process group; return its exit status and output."""
+    # Ctrl-C enabled, as in a terminal, even where the tests run as a background job (which ignores SIGINT)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=to_group, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not state.exists():
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.time() < deadline, "no epoch was saved"
         time.sleep(0.2)
-    proc.send_signal(stop)
+    if to_group:
+        os.killpg(proc.pid, stop)
+    else:
+        proc.send_signal(stop)
     output = proc.communicate(timeout=120)[0]
     return proc.returncode, output
 
@@ -185,4 +193,23 @@ def test_ctrl_c_on_a_two_process_launch_is_one_line(tmp_path, tracking):
     client = MlflowClient()
     [stopped] = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                    "tags.`lesion.run_name` = 'two-stopped'")
+    assert stopped.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_one_process_launch_is_one_line_and_the_run_ends_killed(tmp_path, tracking):
+    """A terminal's Ctrl-C reaches the launcher and its process, and accelerate then sends that process SIGTERM: the
+    run must still end KILLED, and the user read one line that names Ctrl-C."""
+    out = tmp_path / "outputs"
+    cmd = [str(BIN / "lesion"), "launch", "finetune", "--num_processes", "1", "--", "--data", DATA, "--epochs", "20",
+           "--batch_size", "4", "--output_dir", str(out), "--run_name", "one-stopped"]
+    code, output = start_and_stop_after_the_first_epoch(cmd, out / "finetune" / "one-stopped" / "state" / "progress.json",
+                                                        signal.SIGINT, tmp_path, to_group=True)
+    assert code == 130, output[-3000:]
+    lines = [line for line in output.splitlines() if line.startswith("lesion ")]
+    assert "Traceback" not in output and len(lines) == 1, output[-3000:]
+    assert lines[0].startswith("lesion finetune: interrupted by Ctrl-C (SIGINT); ")
+    client = MlflowClient()
+    [stopped] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   "tags.`lesion.run_name` = 'one-stopped'")
     assert stopped.info.status == "KILLED"

@@ -206,3 +206,29 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path, tracking, monkey
     accelerator.prepare(build_model(ModelConfig(arch="deeplabv3plus")))
     with pytest.raises(ConfigError, match="cannot resume from this checkpoint .* pass a new run_name"):
         load_checkpoint(accelerator, tmp_path / "outputs" / "finetune" / "changed")
+
+
+def test_a_sigterm_while_the_model_is_registered_waits_for_its_tags(tmp_path, tracking, monkeypatch, capsys):
+    """A resume trusts lesion.model_uri and lesion.model_version: an interrupt between logging, registering and
+    tagging would leave a registered version that no run points to, and a resume that skips the champion gate."""
+    import os
+    import signal
+
+    from lesion.cli import run_entry_point
+
+    registered = finetune_module.register
+
+    def register_then_sigterm(*args, **kwargs):
+        version = registered(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's pre-emption, just then
+        return version
+
+    monkeypatch.setattr(finetune_module, "register", register_then_sigterm)
+    argv = [f"--{k}={v}" for k, v in TINY.items()] + ["--epochs=1", f"--output_dir={tmp_path / 'out'}",
+                                                       "--run_name=preempted"]
+    assert run_entry_point("finetune", argv) == 143
+    client = MlflowClient()
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                               "tags.`lesion.run_name` = 'preempted'")
+    assert run.info.status == "KILLED"
+    assert run.data.tags["lesion.model_version"] == "1" and "lesion.model_uri" in run.data.tags

@@ -106,6 +106,7 @@ def test_serving_takes_a_postprocess_override_like_predict(champion, tmp_path):
             assert np.array_equal(read_mask(tmp_path / mode / f"{path.stem}_segmentation.png"), by_pyfunc), (mode, path.name)
             served_masks.setdefault(mode, []).append(by_pyfunc)
     assert any(not np.array_equal(a, b) for a, b in zip(*served_masks.values())), "the modes must differ to prove the override"
-    with pytest.raises(BadInput, match=r"^params: parameter postprocess='biggest' must be one of model, ") as err:
-        served.predict(images, params={"postprocess": "biggest"})
-    assert "\n" not in str(err.value)
+    for bad in ("biggest", "", None):  # None: a config would take it as "unset"; here it must not pass
+        with pytest.raises(BadInput, match=rf"^params: parameter postprocess={bad!r} must be one of model, ") as err:
+            served.predict(images, params={"postprocess": bad})
+        assert "\n" not in str(err.value)

@@ -45,6 +45,7 @@ SAMPLER_SEED = (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1]")
 HUB_PREFIXES = ("hf-hub:", "hf_hub:")
 
 # Defined here once; everything else imports them.
+INFERENCE_POSTPROCESS = ("model", *POSTPROCESS)  # model: the mode the model was trained with
 MAX_PIXELS = 150_000_000  # refuse images above this many pixels (decompression-bomb guard)
 SEGMENTER = "lesion-segmenter"  # the registered model of every fine-tuned segmenter
 ENCODER = "lesion-encoder"  # the registered model of every SSL-pretrained encoder
@@ -285,7 +286,7 @@ class InferenceConfig(Checked):
     batch_size: int = param(8, "Inference batch size.", valid=AT_LEAST_ONE)
     tta: bool = param(False, "Average predictions over horizontal/vertical flips.")
     postprocess: str = param("model", "Mask post-processing (model: the one the model was trained with).",
-                             ("model", *POSTPROCESS))
+                             INFERENCE_POSTPROCESS)
 
 
 @dataclass

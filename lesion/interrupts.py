@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RESUME_HINT = "the same command with the run_name printed at its start resumes it"  # what to do next, one line
 
 
 class Terminated(KeyboardInterrupt):

@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lesion.config import MAX_PIXELS, check_choice
+from lesion.config import INFERENCE_POSTPROCESS, MAX_PIXELS, check_choice
 from lesion.errors import ConfigError
 from lesion.inference import final_mask, mask_png, mask_report, predict_images
 from lesion.models.io import load_model
-from lesion.postprocess import MODES as POSTPROCESS_MODES
 
 
 
@@ -92,7 +91,7 @@ def _postprocess(params: dict, model_mode: str) -> str:
     """The mode asked for, checked like `lesion predict --postprocess`; 'model' is the model's own."""
     value = params.get("postprocess", "model")
     try:
-        check_choice("postprocess", value, ("model", *POSTPROCESS_MODES))  # None too, which a config would take
+        check_choice("postprocess", value, INFERENCE_POSTPROCESS)  # None too, which a config would take
     except ConfigError as err:
         raise _bad_input(f"params: {err}") from None
     return model_mode if value == "model" else value

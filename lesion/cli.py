@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from lesion import config as C
 from lesion.errors import LesionError
-from lesion.interrupts import RESUME_HINT, Terminated, interrupts_raise
+from lesion.interrupts import RESUME_HINT, RUN_ENDED, Terminated, interrupts_raise
 from lesion.launch import in_group, peer_reported_error, report_user_error
 
 
@@ -90,8 +90,8 @@ def _interrupted(name: str, stop: KeyboardInterrupt) -> int:
     how, code = ("stopped by SIGTERM", 128 + signal.SIGTERM) if isinstance(stop, Terminated) else \
         ("interrupted by Ctrl-C (SIGINT)", 128 + signal.SIGINT)
     if not in_group():  # a rank of lesion launch's group: the launcher says it once
-        print(f"lesion {name}: {how}; any MLflow run it started is marked KILLED, and for a training run "
-              f"{RESUME_HINT} from its last saved epoch", file=sys.stderr, flush=True)
+        print(f"lesion {name}: {how}; {RUN_ENDED}, and for a training run {RESUME_HINT} from its last saved epoch",
+              file=sys.stderr, flush=True)
     return code
 
 

@@ -10,6 +10,8 @@ from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RESUME_HINT = "the same command with the run_name printed at its start resumes it"  # what to do next, one line
+# mlflow run then marks it FAILED: its check for an already-ended run compares the status string with int codes.
+RUN_ENDED = "its MLflow run is marked KILLED (FAILED under `mlflow run`, which marks every failed command so)"
 
 
 class Terminated(KeyboardInterrupt):

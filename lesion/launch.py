@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from lesion.interrupts import RESUME_HINT
+from lesion.interrupts import RESUME_HINT, RUN_ENDED
 
 ERRORS = "LESION_LAUNCH_ERRORS"  # the folder where a group's ranks leave their user errors for lesion launch
 USER_ERROR = 2
@@ -157,8 +157,8 @@ def launch(entry: str, num_processes: int, args: list[str]) -> int:
         except SystemExit as stop:  # accelerate exits 128 + N once it has stopped the processes on signal N
             code = stop.code if isinstance(stop.code, int) else 1
             if num_processes != 1 and code - 128 in (signal.SIGINT, signal.SIGTERM):  # one process said it itself
-                print(f"lesion launch: {entry} stopped by {signal.Signals(code - 128).name}; every rank stopped and "
-                      f"the MLflow run is marked KILLED; {RESUME_HINT}", file=sys.stderr, flush=True)
+                print(f"lesion launch: {entry} stopped by {signal.Signals(code - 128).name}; every rank stopped, "
+                      f"{RUN_ENDED}; {RESUME_HINT}", file=sys.stderr, flush=True)
             return code
         except (ValueError, RuntimeError, OSError) as err:  # accelerate's own checks (an invalid accelerate config)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -156,7 +156,9 @@ def launch(entry: str, num_processes: int, args: list[str]) -> int:
             return 130
         except SystemExit as stop:  # accelerate exits 128 + N once it has stopped the processes on signal N
             code = stop.code if isinstance(stop.code, int) else 1
-            if num_processes != 1 and code - 128 in (signal.SIGINT, signal.SIGTERM):  # one process said it itself
+            # accelerate has filled in num_processes=0 from the accelerate config (or the device count) by now
+            ranks = parsed.num_processes or num_processes
+            if ranks != 1 and code - 128 in (signal.SIGINT, signal.SIGTERM):  # one process said it itself
                 print(f"lesion launch: {entry} stopped by {signal.Signals(code - 128).name}; every rank stopped, "
                       f"{RUN_ENDED}; {RESUME_HINT}", file=sys.stderr, flush=True)
             return code

@@ -139,11 +139,11 @@ def test_mlflow_run_selftrain_nests_every_stage_under_its_run(tmp_path, tracking
 
 
 def start_and_stop_after_the_first_epoch(cmd: list[str], state: Path, stop: signal.Signals, cwd: Path,
-                                        to_group: bool = False) -> tuple[int, str]:
+                                        to_group: bool = False, **env: str) -> tuple[int, str]:
     """Start cmd, send stop once it has saved an epoch to resume from (state), to the process or, as a terminal's
     Ctrl-C does, to its whole process group; return its exit status and output."""
     # Ctrl-C enabled, as in a terminal, even where the tests run as a background job (which ignores SIGINT)
-    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=subprocess_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=to_group, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not state.exists():
@@ -197,14 +197,20 @@ def test_ctrl_c_on_a_two_process_launch_is_one_line(tmp_path, tracking):
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_one_process_launch_is_one_line_and_the_run_ends_killed(tmp_path, tracking):
+@pytest.mark.parametrize("num_processes", ["1", "0"])  # 0: the accelerate config's count, one process on a CPU
+def test_ctrl_c_on_a_one_process_launch_is_one_line_and_the_run_ends_killed(tmp_path, tracking, num_processes):
     """A terminal's Ctrl-C reaches the launcher and its process, and accelerate then sends that process SIGTERM: the
     run must still end KILLED, and the user read one line that names Ctrl-C."""
     out = tmp_path / "outputs"
-    cmd = [str(BIN / "lesion"), "launch", "finetune", "--num_processes", "1", "--", "--data", DATA, "--epochs", "20",
-           "--batch_size", "4", "--output_dir", str(out), "--run_name", "one-stopped"]
+    hf_home = tmp_path / "hf"  # an accelerate config of one process (read by --num_processes 0), not the user's
+    (hf_home / "accelerate").mkdir(parents=True)
+    (hf_home / "accelerate" / "default_config.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_machines: 1\nnum_processes: 1\n"
+        "mixed_precision: 'no'\nuse_cpu: true\n")
+    cmd = [str(BIN / "lesion"), "launch", "finetune", "--num_processes", num_processes, "--", "--data", DATA,
+           "--epochs", "20", "--batch_size", "4", "--output_dir", str(out), "--run_name", "one-stopped"]
     code, output = start_and_stop_after_the_first_epoch(cmd, out / "finetune" / "one-stopped" / "state" / "progress.json",
-                                                        signal.SIGINT, tmp_path, to_group=True)
+                                                        signal.SIGINT, tmp_path, to_group=True, HF_HOME=str(hf_home))
     assert code == 130, output[-3000:]
     lines = [line for line in output.splitlines() if line.startswith("lesion ")]
     assert "Traceback" not in output and len(lines) == 1, output[-3000:]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RESUME_HINT = "the same command with the run_name printed at its start resumes it"  # what to do next, one line
@@ -36,33 +36,36 @@ def _main_thread() -> bool:
 
 
 @contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """While the block runs, Ctrl-C raises KeyboardInterrupt and SIGTERM Terminated (once); then the old handlers."""
+def _handled_by(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Ctrl-C and SIGTERM go to handler while the block runs, then to their old handlers. Main thread only (the
+    only one that may set handlers); a signal the shell told this process to ignore (SIGINT of a background job
+    started by `nohup cmd &`) stays ignored."""
     if not _main_thread():
         yield
         return
-    # A signal the shell told this process to ignore (SIGINT of a background job started by `nohup cmd &`) stays so.
-    previous = {sig: signal.signal(sig, _raise) for sig in SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """While the block runs, Ctrl-C raises KeyboardInterrupt and SIGTERM Terminated (once); then the old handlers."""
+    with _handled_by(_raise):
+        yield
 
 
 @contextmanager
 def uninterrupted() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block ends: steps that must happen together (a model logged, then the
     tag that tells a resumed run so) do, and the interrupt comes right after them."""
-    if not _main_thread():
-        yield
-        return
     pending: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in SIGNALS}
     try:
-        yield
+        with _handled_by(lambda signum, frame: pending.append(signum)):
+            yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if pending:
+        if pending:  # the old handlers are back: the held signal goes to them now
             signal.raise_signal(pending[0])

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from lesion.config import TrainConfig
 from lesion.metrics import score_folders
+from lesion.tracking import TAG_RUN_NAME, find_runs
 from tests.conftest import REPO, subprocess_env
 
 BIN = Path(sys.executable).parent
@@ -168,14 +169,11 @@ def test_sigterm_marks_the_run_killed_and_the_same_command_resumes_it(tmp_path, 
                                                         signal.SIGTERM, tmp_path)
     assert code == 143, output[-3000:]
     assert "Traceback" not in output and output.strip().splitlines()[-1].startswith("lesion finetune: stopped by SIGTERM; ")
-    client = MlflowClient()
-    [stopped] = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                   "tags.`lesion.run_name` = 'preempted'")
+    [stopped] = find_runs({TAG_RUN_NAME: "preempted"})
     assert stopped.info.status == "KILLED"
 
     assert "resuming" in run(cmd, cwd=tmp_path)
-    [done] = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                "tags.`lesion.run_name` = 'preempted'")
+    [done] = find_runs({TAG_RUN_NAME: "preempted"})
     assert (done.info.run_id, done.info.status) == (stopped.info.run_id, "FINISHED")
 
 
@@ -190,9 +188,7 @@ def test_ctrl_c_on_a_two_process_launch_is_one_line(tmp_path, tracking):
     assert code == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert output.strip().splitlines()[-1].startswith("lesion launch: finetune stopped by SIGINT; ")
-    client = MlflowClient()
-    [stopped] = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                   "tags.`lesion.run_name` = 'two-stopped'")
+    [stopped] = find_runs({TAG_RUN_NAME: "two-stopped"})
     assert stopped.info.status == "KILLED"
 
 
@@ -215,7 +211,5 @@ def test_ctrl_c_on_a_one_process_launch_is_one_line_and_the_run_ends_killed(tmp_
     lines = [line for line in output.splitlines() if line.startswith("lesion ")]
     assert "Traceback" not in output and len(lines) == 1, output[-3000:]
     assert lines[0].startswith("lesion finetune: interrupted by Ctrl-C (SIGINT); ")
-    client = MlflowClient()
-    [stopped] = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                   "tags.`lesion.run_name` = 'one-stopped'")
+    [stopped] = find_runs({TAG_RUN_NAME: "one-stopped"})
     assert stopped.info.status == "KILLED"

@@ -11,6 +11,7 @@ import lesion.finetune as finetune_module
 from lesion.config import from_flat, FinetuneConfig
 from lesion.errors import ConfigError
 from lesion.finetune import run_finetune
+from lesion.tracking import TAG_RUN_NAME, find_runs
 from lesion.train.engine import Callback
 
 TINY = {"data": "synthetic:n=40,size=64,seed=1", "image_size": 64, "batch_size": 8, "epochs": 3, "lr": 3e-3,
@@ -227,8 +228,6 @@ def test_a_sigterm_while_the_model_is_registered_waits_for_its_tags(tmp_path, tr
     argv = [f"--{k}={v}" for k, v in TINY.items()] + ["--epochs=1", f"--output_dir={tmp_path / 'out'}",
                                                        "--run_name=preempted"]
     assert run_entry_point("finetune", argv) == 143
-    client = MlflowClient()
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                               "tags.`lesion.run_name` = 'preempted'")
+    [run] = find_runs({TAG_RUN_NAME: "preempted"})
     assert run.info.status == "KILLED"
     assert run.data.tags["lesion.model_version"] == "1" and "lesion.model_uri" in run.data.tags

@@ -7,8 +7,11 @@ by timing only the training epochs.
 On a GPU both run there, with the engine's mixed precision (bf16 where
 supported: the bare loop autocasts its forward pass) and the engine with the
 DataLoader workers a user gets (num_workers=-1: up to 8 on a GPU, 0 on CPU).
+`--mixed_precision bf16` runs both in bf16 on a CPU too (fast where the CPU has
+AMX, e.g. Intel Xeon 4th generation and later: `grep amx_bf16 /proc/cpuinfo`).
 
-    python benchmarks/train_throughput.py [--data ../shared/data/isic2017-sample] [--size 256] [--batch 8] [--steps 24]
+    python -m benchmarks.train_throughput [--data ../shared/data/isic2017-sample] [--size 256] [--batch 8] [--steps 24]
+    python -m benchmarks.train_throughput --size 128 --steps 12 --mixed_precision bf16
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from lesion.train.losses import segmentation_loss
 from lesion.train.segmentation import Segmentation, segmentation_callbacks, segmentation_loaders
 
 
-def bare_loop(size: int, batch: int, steps: int) -> float:
+def bare_loop(size: int, batch: int, steps: int, mixed_precision: str) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = engine.resolve_mixed_precision("auto") == "bf16"  # what the engine's Accelerator does by default
+    bf16 = engine.resolve_mixed_precision(mixed_precision) == "bf16"  # what the engine's Accelerator does
     torch.manual_seed(0)
     model = build_model(ModelConfig()).train().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -60,8 +63,9 @@ def bare_loop(size: int, batch: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def engine_loop(data: str, size: int, batch: int, steps: int, tmp: str) -> float:
+def engine_loop(data: str, size: int, batch: int, steps: int, mixed_precision: str, tmp: str) -> float:
     cfg = from_flat(FinetuneConfig, {"data": data, "image_size": size, "batch_size": batch, "epochs": 2,
+                                     "mixed_precision": mixed_precision,
                                      "cache_dir": os.path.join(tmp, "cache"), "picture_every": 0})
     prepared = prepare_data(cfg.data, 0, tmp)
     train_rows = select(prepared.rows, "train", labelled=True)[: steps * batch]
@@ -97,15 +101,17 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=24, help="training steps per epoch")
+    parser.add_argument("--mixed_precision", default="auto", choices=["auto", "no", "bf16"],
+                        help="both loops (auto: lesion's default, bf16 on a GPU that supports it, fp32 on CPU)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db")
-        engine_rate = engine_loop(args.data, args.size, args.batch, args.steps, tmp)
-        bare_rate = bare_loop(args.size, args.batch, args.steps)
+        engine_rate = engine_loop(args.data, args.size, args.batch, args.steps, args.mixed_precision, tmp)
+        bare_rate = bare_loop(args.size, args.batch, args.steps, args.mixed_precision)
     print(f"machine: {machine()}")
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     print(f"U-Net resnet18, {args.size} px, batch {args.batch}, {args.steps} steps per epoch, 2 epochs, on {device}, "
-          f"mixed precision {engine.resolve_mixed_precision('auto')}, engine with {engine.resolve_workers(-1)} "
+          f"mixed precision {engine.resolve_mixed_precision(args.mixed_precision)}, engine with {engine.resolve_workers(-1)} "
           "loader workers")
     print_table(["loop", "train images/s"], [
         ["bare (in-memory tensors)", f"{bare_rate:.2f}"],

@@ -198,8 +198,9 @@ class ScheduleConfig(Checked):
     warmup_fraction: float = param(0.3, "Linear warm-up, as a fraction of the training steps (0.3 with cosine: the "
                                    "one-cycle shape; benchmarks/README.md).", valid=RATE)
     grad_accum: int = param(1, "Gradient accumulation steps.", valid=AT_LEAST_ONE)
-    mixed_precision: str = param("auto", "auto (bf16 on GPU, fp32 on CPU), no, bf16 or fp16. bf16 also runs on a CPU: "
-                                 "3x faster SSL pretraining where it has AMX (grep amx_bf16 /proc/cpuinfo).",
+    mixed_precision: str = param("auto", "auto (bf16 on a GPU that supports it, else fp32), no, bf16 or fp16 (CUDA "
+                                 "only). bf16 also runs on a CPU, faster where it has AMX (benchmarks/README.md); "
+                                 "scores are fp32 (per-epoch validation too, unless ema=0).",
                                  ("auto", "no", "bf16", "fp16"))
     loss: str = param("bce+dice", "Segmentation loss (dice: per image; batch_dice: over the batch, as smp's DiceLoss).",
                       ("bce+dice", "bce+batch_dice", "bce", "dice"))

@@ -231,3 +231,40 @@ def test_a_sigterm_while_the_model_is_registered_waits_for_its_tags(tmp_path, tr
     [run] = find_runs({TAG_RUN_NAME: "preempted"})
     assert run.info.status == "KILLED"
     assert run.data.tags["lesion.model_version"] == "1" and "lesion.model_uri" in run.data.tags
+
+
+@pytest.mark.slow
+def test_a_bf16_run_logs_and_registers_the_scores_evaluate_gives(tmp_path, tracking, monkeypatch):
+    """bf16 trains faster (AMX CPUs, GPUs); the kept weights are still scored in fp32, as evaluate scores them."""
+    import torch
+
+    import lesion.train.segmentation as segmentation
+    from lesion.config import EvaluateConfig
+    from lesion.evaluate import run_evaluate
+
+    autocast_while_scoring = []
+    real_predict = segmentation.predict_probabilities
+
+    def recording_predict(model, images, tta=False):
+        autocast_while_scoring.append(torch.is_autocast_enabled("cpu"))
+        return real_predict(model, images, tta)
+
+    monkeypatch.setattr(segmentation, "predict_probabilities", recording_predict)
+    out = run_finetune(tiny_config(tmp_path, run_name="ft-bf16", epochs=2, mixed_precision="bf16"))
+    assert autocast_while_scoring and not any(autocast_while_scoring), "validation ran under the run's bf16 autocast"
+    version = MlflowClient().get_model_version("lesion-segmenter", out["version"])
+    evaluated = run_evaluate(from_flat(EvaluateConfig, {
+        "model": f"models:/lesion-segmenter/{out['version']}", "data": TINY["data"], "split": "val",
+        "output_dir": str(tmp_path / "outputs")}))
+    logged = out["history"][out["epoch"]]
+    for name in ("jaccard", "dice", "sensitivity", "specificity"):
+        assert logged[f"val/{name}"] == pytest.approx(evaluated["metrics"][f"val/{name}"], abs=1e-6), name
+    assert float(version.tags["val_jaccard"]) == pytest.approx(evaluated["metrics"]["val/jaccard"], abs=1e-6)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 is valid on a CUDA GPU")
+def test_fp16_on_a_cpu_is_one_clear_error_before_any_run(tmp_path, tracking):
+    # Accelerate would quietly train in fp32 while plan.json and the params said fp16.
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU; on a CPU use mixed_precision=bf16 or no"):
+        run_finetune(tiny_config(tmp_path, run_name="ft-fp16", mixed_precision="fp16"))
+    assert not find_runs({TAG_RUN_NAME: "ft-fp16"})

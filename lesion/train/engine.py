@@ -36,13 +36,17 @@ from torch.utils.data import DataLoader
 
 from lesion.config import ScheduleConfig
 from lesion.data.datasets import epoch_seed
-from lesion.errors import TrainingError
+from lesion.errors import ConfigError, TrainingError
 from lesion.progress import EPOCH_HEARTBEAT_S, bar, say
 from lesion.train.checkpoint import finish, finished, load_checkpoint, load_extra, save_checkpoint
 
 
 def resolve_mixed_precision(choice: str) -> str:
     """auto: bf16 where the GPU supports it, fp32 on CPU (the parameter wins over `accelerate launch` flags)."""
+    if choice == "fp16" and not torch.cuda.is_available():
+        # Accelerate would train in fp32 on a CPU while the run's plan and params said fp16.
+        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; on a CPU use mixed_precision=bf16 or no "
+                          "(--mixed_precision, -P mixed_precision=)")
     if choice != "auto":
         return choice
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"

@@ -62,8 +62,9 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, rows: list[Row], cache:
     all_scores, all_index = [], []
     for batch in bar(loader, prefix, enabled=progress and accelerator.is_main_process, unit="batches",
                      heartbeat=heartbeat):
-        with accelerator.autocast():  # also for a model Accelerate did not prepare (the weight EMA)
-            probs = predict_probabilities(model, batch["image"], tta)
+        # No autocast: the weight EMA (what a run validates and hands on by default) is scored in fp32, as
+        # evaluate, predict and serving score the saved model, so a bf16 run logs the scores they give.
+        probs = predict_probabilities(model, batch["image"], tta)
         scores = [score_prediction(prob[0], cache.original_mask(rows[index].image, rows[index].mask), postprocess)
                   for prob, index in zip(probs, batch["index"].tolist())]
         scores_t = torch.as_tensor(np.stack(scores), device=accelerator.device)

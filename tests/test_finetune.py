@@ -233,8 +233,19 @@ def test_a_sigterm_while_the_model_is_registered_waits_for_its_tags(tmp_path, tr
     assert run.data.tags["lesion.model_version"] == "1" and "lesion.model_uri" in run.data.tags
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one precision per process: a bf16 run after this process's fp32 runs needs a fresh state."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.mark.slow
-def test_a_bf16_run_logs_and_registers_the_scores_evaluate_gives(tmp_path, tracking, monkeypatch):
+def test_a_bf16_run_logs_and_registers_the_scores_evaluate_gives(tmp_path, tracking, monkeypatch,
+                                                                 fresh_accelerate_state):
     """bf16 trains faster (AMX CPUs, GPUs); the kept weights are still scored in fp32, as evaluate scores them."""
     import torch
 

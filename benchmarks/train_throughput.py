@@ -7,8 +7,8 @@ by timing only the training epochs.
 On a GPU both run there, with the engine's mixed precision (bf16 where
 supported: the bare loop autocasts its forward pass) and the engine with the
 DataLoader workers a user gets (num_workers=-1: up to 8 on a GPU, 0 on CPU).
-`--mixed_precision bf16` runs both in bf16 on a CPU too (fast where the CPU has
-AMX, e.g. Intel Xeon 4th generation and later: `grep amx_bf16 /proc/cpuinfo`).
+`--mixed_precision bf16` runs both under bf16 autocast on a CPU too (which AMX,
+on Intel Xeon 4th generation and later, accelerates: `grep amx_bf16 /proc/cpuinfo`).
 
     python -m benchmarks.train_throughput [--data ../shared/data/isic2017-sample] [--size 256] [--batch 8] [--steps 24]
     python -m benchmarks.train_throughput --size 128 --steps 12 --mixed_precision bf16

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 import lesion.finetune as finetune_module
+import lesion.train.segmentation as segmentation
 from lesion.config import from_flat, FinetuneConfig
 from lesion.errors import ConfigError
 from lesion.finetune import run_finetune
@@ -73,8 +75,6 @@ def test_keep_decides_which_weights_are_registered_scored_and_reported(tmp_path,
 
     import mlflow
 
-    import lesion.train.segmentation as segmentation
-
     # The first epoch scores best on validation, as a 10%-label run whose validation peaks early.
     real_validate = segmentation.Segmentation.validate
     monkeypatch.setattr(segmentation.Segmentation, "validate", lambda self, model, epoch: {
@@ -108,7 +108,6 @@ def test_a_run_that_ends_early_still_logs_its_final_picture(tmp_path, tracking):
 def test_a_diverging_loss_is_one_clear_line_and_a_failed_run(tmp_path, tracking, monkeypatch):
     import torch
 
-    import lesion.train.segmentation as segmentation
     from lesion.errors import TrainingError
 
     monkeypatch.setattr(segmentation, "segmentation_loss", lambda *args: torch.tensor(float("nan"), requires_grad=True))
@@ -247,9 +246,6 @@ def fresh_accelerate_state():
 def test_a_bf16_run_logs_and_registers_the_scores_evaluate_gives(tmp_path, tracking, monkeypatch,
                                                                  fresh_accelerate_state):
     """bf16 trains faster (AMX CPUs, GPUs); the kept weights are still scored in fp32, as evaluate scores them."""
-    import torch
-
-    import lesion.train.segmentation as segmentation
     from lesion.config import EvaluateConfig
     from lesion.evaluate import run_evaluate
 
@@ -273,7 +269,7 @@ def test_a_bf16_run_logs_and_registers_the_scores_evaluate_gives(tmp_path, track
     assert float(version.tags["val_jaccard"]) == pytest.approx(evaluated["metrics"]["val/jaccard"], abs=1e-6)
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 is valid on a CUDA GPU")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid on a CUDA GPU")
 def test_fp16_on_a_cpu_is_one_clear_error_before_any_run(tmp_path, tracking):
     # Accelerate would quietly train in fp32 while plan.json and the params said fp16.
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU; on a CPU use mixed_precision=bf16 or no"):
